@@ -1,0 +1,5 @@
+import sys
+
+from buslib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,468 @@
+"""Schema compatibility: can producers and consumers on different contract versions still talk?
+
+>>> from pydantic import BaseModel
+>>> from buslib.compat import Compatibility, check, compatible_modes
+>>> class OrderV1(BaseModel):
+...     order_id: str
+>>> class OrderV2(BaseModel):
+...     order_id: str
+...     email: str                      # new and required: old events do not have it
+>>> report = check(OrderV2, OrderV1, mode=Compatibility.BACKWARD)
+>>> report.compatible, report.rules
+(False, ['required-field-added'])
+>>> sorted(mode.value for mode in compatible_modes(OrderV2, OrderV1))
+['FORWARD', 'FORWARD_TRANSITIVE', 'NONE']
+
+Contracts are pydantic models or their JSON Schemas (``Model.model_json_schema()``). The
+modes mean what they mean in Confluent Schema Registry:
+
+- BACKWARD: consumers on the new schema can read events written with the last one.
+- FORWARD: consumers still on the last schema can read events written with the new one.
+- FULL: both. NONE: no check. ``*_TRANSITIVE``: against every earlier version, not just the last.
+
+The core is :func:`read_problems`: "can reader schema R read the JSON written with writer
+schema W?". BACKWARD asks it with R = new, W = old; FORWARD with R = old, W = new.
+
+Open content model (a decision): a field the writer sends but the reader does not declare
+is fine when the reader ignores unknown fields (pydantic's default ``extra="ignore"``; JSON
+Schema without ``additionalProperties: false``) and an ``unknown-field-rejected`` problem when
+it forbids them (``extra="forbid"``). That is how pydantic readers behave at run time.
+Confluent's JSON Schema checker is stricter about open content models (it cannot know what
+type an undeclared field had); we judge the readers we actually run. The catch: a rename is
+a remove plus an add, and a tolerant reader "reads" a renamed field by silently dropping it.
+FORWARD and FULL still catch it when the old field was required, and every report warns
+about a likely rename (``possible-rename``) without changing the verdict.
+
+Required-ness follows the schema, not ``model_dump``: a field that is not in ``required``
+may be absent from an event, so a reader that requires it is at risk (``field-may-be-missing``).
+Rule names describe the change from old to new (``enum-value-added`` breaks FORWARD,
+``enum-value-removed`` breaks BACKWARD). Titles, descriptions, default values and constraints
+such as ``ge`` or ``max_length`` are not compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel
+
+from buslib.errors import ContractError
+
+__all__ = ["Compatibility", "CompatibilityReport", "Incompatibility", "check", "compatible_modes", "read_problems"]
+
+Schema = dict[str, Any]
+_IGNORED_KEYS = {"title", "description", "default", "examples"}
+_PYTHON_KINDS = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+class Compatibility(str, Enum):
+    """A compatibility mode, with Confluent Schema Registry's names and meanings."""
+
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+    NONE = "NONE"
+
+
+@dataclass(frozen=True)
+class Incompatibility:
+    """One reason why a reader cannot read what a writer writes.
+
+    Attributes:
+        path: where, as a field path like ``customer.address.city`` or ``items[].sku``
+            (``[]`` is a list item, ``{}`` a dict value, ``""`` the event itself).
+        rule: a short stable identifier, e.g. ``required-field-added``.
+        message: a sentence saying what goes wrong and what to do.
+        direction: which check found it, e.g. ``"new reads old"`` (set by :func:`check`).
+    """
+
+    path: str
+    rule: str
+    message: str
+    direction: str = ""
+
+    def __str__(self) -> str:
+        where = f"[{self.direction}] " if self.direction else ""
+        return f"{where}{self.path or '(event)'}: {self.rule}: {self.message}"
+
+
+@dataclass
+class CompatibilityReport:
+    """The verdict of :func:`check`: ``compatible`` is True when there are no problems.
+
+    ``warnings`` (such as ``possible-rename``) never change the verdict.
+    """
+
+    mode: Compatibility
+    problems: list[Incompatibility] = field(default_factory=list)
+    warnings: list[Incompatibility] = field(default_factory=list)
+
+    @property
+    def compatible(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    @property
+    def rules(self) -> list[str]:
+        """The distinct rule identifiers of the problems, sorted."""
+        return sorted({problem.rule for problem in self.problems})
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        verdict = "compatible" if self.compatible else f"NOT compatible ({count} problem{'s' * (count != 1)})"
+        lines = [f"{self.mode.value}: {verdict}"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        if self.warnings:
+            lines.append("Warnings (they do not change the verdict):")
+            lines += [f"  - {warning}" for warning in self.warnings]
+        return "\n".join(lines)
+
+
+def read_problems(reader: Any, writer: Any, *, reader_is_newer: bool = True) -> list[Incompatibility]:
+    """List why the reader contract cannot read events written with the writer contract.
+
+    Args:
+        reader: the consumer's contract (pydantic model class or its JSON Schema).
+        writer: the producer's contract (pydantic model class or its JSON Schema).
+        reader_is_newer: only picks rule names, which describe the change from old to new
+            (e.g. ``required-field-added`` if True, ``field-removed-without-default`` if False).
+
+    Returns:
+        The problems found; an empty list means the reader can read everything the writer writes.
+
+    Raises:
+        ContractError: a contract is neither a pydantic model class nor an object JSON Schema.
+    """
+    walk = _Walk(_to_schema(reader, "reader"), _to_schema(writer, "writer"), reader_is_newer=reader_is_newer)
+    return walk.compare(walk.reader, walk.writer, "")
+
+
+def check(new: Any, old_or_history: Any, mode: Compatibility | str = Compatibility.BACKWARD) -> CompatibilityReport:
+    """Check a new contract version against the last one, or against a whole history.
+
+    Args:
+        new: the proposed contract (pydantic model class or its JSON Schema).
+        old_or_history: the previous contract, or a list of all earlier ones, oldest first.
+            Non-transitive modes use only the last; ``*_TRANSITIVE`` modes use every one.
+        mode: a :class:`Compatibility` or its name, e.g. ``"FULL"``.
+
+    Returns:
+        A :class:`CompatibilityReport`; ``str(report)`` is a readable multi-line verdict.
+
+    Raises:
+        ContractError: a contract is not a model or schema, or the mode is unknown.
+    """
+    mode = _to_mode(mode)
+    new_schema = _to_schema(new, "new")
+    if isinstance(old_or_history, (list, tuple)):
+        olds = [(f"v{i}", _to_schema(old, f"history[{i - 1}]")) for i, old in enumerate(old_or_history, 1)]
+    else:
+        olds = [("old", _to_schema(old_or_history, "old"))]
+    report = CompatibilityReport(mode)
+    if mode is Compatibility.NONE:
+        return report
+    if not mode.value.endswith("_TRANSITIVE"):
+        olds = olds[-1:]  # an empty history means a first version: always compatible
+    for label, old in olds:
+        walks = []
+        if mode.value.startswith(("BACKWARD", "FULL")):
+            walks.append(_Walk(new_schema, old, reader_is_newer=True, names=("new", label)))
+        if mode.value.startswith(("FORWARD", "FULL")):
+            walks.append(_Walk(old, new_schema, reader_is_newer=False, names=(label, "new")))
+        for walk in walks:
+            found = walk.compare(walk.reader, walk.writer, "")
+            report.problems += [_with_direction(p, walk.direction) for p in found]
+            report.warnings += [w for w in walk.warnings if w not in report.warnings]
+    return report
+
+
+def compatible_modes(new: Any, old_or_history: Any) -> set[Compatibility]:
+    """The set of modes under which ``new`` may follow ``old_or_history``.
+
+    Args:
+        new: the proposed contract.
+        old_or_history: the previous contract, or all earlier ones, oldest first.
+
+    Returns:
+        Every passing mode (NONE always passes), e.g. ``{BACKWARD, BACKWARD_TRANSITIVE, NONE}``.
+
+    Raises:
+        ContractError: a contract is neither a pydantic model class nor an object JSON Schema.
+    """
+    return {mode for mode in Compatibility if check(new, old_or_history, mode).compatible}
+
+
+def _problem(path: str, rule: str, message: str) -> Incompatibility:
+    return Incompatibility(path, rule, message[0].upper() + message[1:])
+
+
+def _with_direction(problem: Incompatibility, direction: str) -> Incompatibility:
+    return Incompatibility(problem.path, problem.rule, problem.message, direction)
+
+
+def _to_mode(mode: Compatibility | str) -> Compatibility:
+    try:
+        return Compatibility(mode.upper() if isinstance(mode, str) else mode)
+    except ValueError:
+        names = ", ".join(m.value for m in Compatibility)
+        raise ContractError(f"Unknown compatibility mode {mode!r}. Use one of: {names}.") from None
+
+
+def _to_schema(contract: Any, name: str) -> Schema:
+    if isinstance(contract, type) and issubclass(contract, BaseModel):
+        return contract.model_json_schema()
+    expected = (
+        "Expected a pydantic model class (class OrderPlaced(BaseModel): ...) "
+        "or its JSON Schema as a dict (OrderPlaced.model_json_schema())."
+    )
+    if isinstance(contract, dict):
+        if _kind(_deref(contract, contract)) == "object":
+            return contract
+        keys = ", ".join(map(repr, list(contract)[:6])) or "none"
+        raise ContractError(
+            f"The {name} contract is a dict but not the JSON Schema of an object (its keys: {keys}). "
+            f"{expected} An object schema has 'type': 'object' and 'properties'."
+        )
+    if isinstance(contract, BaseModel):
+        cls = type(contract).__name__
+        got = f"an instance of {cls}; pass the class itself ({cls}, not {cls}(...))"
+    elif isinstance(contract, type):
+        got = f"the class {contract.__name__}, which is not a pydantic BaseModel subclass"
+    elif isinstance(contract, str):
+        got = "a str; if it is JSON text, parse it first with json.loads"
+    else:
+        got = f"{type(contract).__name__} {contract!r:.60}"
+    raise ContractError(f"The {name} contract is {got}. {expected}")
+
+
+def _deref(node: Schema, root: Schema) -> Schema:
+    """Follow ``$ref`` (e.g. ``#/$defs/Address``) to its target; sibling keys such as ``default`` are kept."""
+    for _ in range(50):
+        ref = node.get("$ref")
+        if ref is None:
+            return node
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            raise ContractError(f"Cannot follow $ref {ref!r}: only local references like '#/$defs/Address' work.")
+        target: Any = root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                known = ", ".join(sorted(root.get("$defs", {}))) or "none"
+                raise ContractError(f"$ref {ref!r} points nowhere in the schema (names in $defs: {known}).")
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    raise ContractError("The schema's $ref entries point at each other in a loop without ever reaching a type.")
+
+
+def _values(node: Schema) -> list[Any] | None:
+    """The allowed values of an ``enum`` or ``const`` (Enum, Literal) node, else None."""
+    if "const" in node:
+        return [node["const"]]
+    return list(node["enum"]) if "enum" in node else None
+
+
+def _value_kind(value: Any) -> str:
+    return _PYTHON_KINDS.get(type(value)) or ("array" if isinstance(value, list) else "object")
+
+
+def _kind(node: Schema) -> str:
+    """The JSON type of a single (non-union) node: ``integer``, ``object``, ... or ``any``."""
+    if isinstance(node.get("type"), str):
+        return node["type"]
+    values = _values(node)
+    if values:
+        kinds = {_value_kind(v) for v in values}
+        return kinds.pop() if len(kinds) == 1 else "any"
+    if "properties" in node or "additionalProperties" in node:
+        return "object"
+    return "array" if "items" in node else "any"
+
+
+def _kinds_match(writer_kind: str, reader_kind: str) -> bool:
+    return writer_kind == reader_kind or {writer_kind, reader_kind} == {"integer", "number"}
+
+
+def _strip(node: Any) -> Any:
+    """The node without titles, descriptions and defaults (to spot a renamed field)."""
+    if isinstance(node, list):
+        return [_strip(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        key: ({k: _strip(v) for k, v in value.items()} if key == "properties" else _strip(value))
+        for key, value in node.items()
+        if key not in _IGNORED_KEYS
+    }
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+class _Walk:
+    """One reader-reads-writer comparison: both schemas, the names used in messages, recursion guard."""
+
+    def __init__(self, reader: Schema, writer: Schema, *, reader_is_newer: bool, names: tuple[str, str] | None = None):
+        self.reader, self.writer, self.reader_is_newer = reader, writer, reader_is_newer
+        r_label, w_label = names or ("reader", "writer")
+        self.direction = f"{r_label} reads {w_label}"
+        self.r_name, self.w_name = (_describe(label) for label in (r_label, w_label))
+        self.active: set[tuple[Any, Any]] = set()
+        self.warnings: list[Incompatibility] = []
+
+    def _rule(self, if_reader_is_newer: str, if_writer_is_newer: str) -> str:
+        return if_reader_is_newer if self.reader_is_newer else if_writer_is_newer
+
+    def _branches(self, node: Schema, root: Schema) -> list[Schema]:
+        """Flatten ``anyOf``/``oneOf`` and ``type: [..]`` lists into single-type branches."""
+        target = _deref(node, root)
+        for key in ("anyOf", "oneOf"):
+            if key in target:
+                return [branch for option in target[key] for branch in self._branches(option, root)]
+        if len(target.get("allOf", [])) == 1:
+            return self._branches({**target["allOf"][0], **{k: v for k, v in target.items() if k != "allOf"}}, root)
+        if isinstance(target.get("type"), list):
+            return [{**target, "type": t} for t in target["type"]]
+        return [node]  # keep an unresolved $ref: compare_one uses it to stop on recursive models
+
+    def compare(self, reader: Schema, writer: Schema, path: str) -> list[Incompatibility]:
+        """Problems reading data that matches ``writer`` with ``reader``; unions branch by branch."""
+        r_branches, w_branches = self._branches(reader, self.reader), self._branches(writer, self.writer)
+        if len(r_branches) == 1 and len(w_branches) == 1:
+            return self._compare_one(r_branches[0], w_branches[0], path)
+        problems: list[Incompatibility] = []
+        r_kinds = [_kind(_deref(r, self.reader)) for r in r_branches]
+        for w in w_branches:  # every writer branch must be readable by some reader branch
+            attempts = [self._compare_one(r, w, path) for r in r_branches]
+            if any(not attempt for attempt in attempts):
+                continue
+            w_kind = _kind(_deref(w, self.writer))
+            similar = [a for a, r_kind in zip(attempts, r_kinds, strict=True) if _kinds_match(w_kind, r_kind)]
+            if similar:
+                problems += min(similar, key=len)
+            elif w_kind == "null":
+                problems += attempts[0]  # the nullable rule
+            else:
+                where = path or "(event)"
+                accepted = " or ".join(r_kinds)
+                msg = f"{self.w_name} may write a {w_kind} for '{where}', but {self.r_name} accepts only {accepted}."
+                problems.append(_problem(path, "type-changed", msg))
+        return problems
+
+    def _compare_one(self, reader: Schema, writer: Schema, path: str) -> list[Incompatibility]:
+        key = (reader.get("$ref"), writer.get("$ref"))
+        if key == (None, None):
+            return self._compare_resolved(reader, writer, path)
+        if key in self.active:  # a recursive model met itself again: already being compared
+            return []
+        self.active.add(key)
+        try:
+            return self._compare_resolved(_deref(reader, self.reader), _deref(writer, self.writer), path)
+        finally:
+            self.active.discard(key)
+
+    def _compare_resolved(self, r: Schema, w: Schema, path: str) -> list[Incompatibility]:
+        r_kind, w_kind, r_values, w_values = _kind(r), _kind(w), _values(r), _values(w)
+        where, reader, writer = path or "(event)", self.r_name, self.w_name
+        if r_values is None and r_kind == "any":
+            return []
+        if w_values is not None:
+            if r_values is not None:
+                unknown = [v for v in w_values if v not in r_values]
+                rule = self._rule("enum-value-removed", "enum-value-added")
+                msg = f"{writer} may write {unknown} for '{where}', which {reader} does not know (it accepts {r_values})."
+                return [_problem(path, rule, msg)] if unknown else []
+            bad = [v for v in w_values if not _kinds_match(_value_kind(v), r_kind)]
+            msg = f"{writer} may write {bad} for '{where}', but {reader} expects a {r_kind}."
+            return [_problem(path, "type-changed", msg)] if bad else []
+        if w_kind == "null":
+            if r_kind == "null":
+                return []
+            rule = self._rule("nullable-removed", "nullable-added")
+            msg = f"{writer} may write null for '{where}', but {reader} does not accept null there (make it Optional)."
+            return [_problem(path, rule, msg)]
+        narrowed = self._rule("type-narrowed", "type-widened")
+        if r_values is not None and _kinds_match(w_kind, r_kind):
+            msg = f"{writer} may write any {w_kind} for '{where}', but {reader} accepts only {r_values}."
+            return [_problem(path, narrowed, msg)]
+        if w_kind == "any":
+            msg = f"{writer} may write any value for '{where}', but {reader} accepts only a {r_kind}."
+            return [_problem(path, narrowed, msg)]
+        if not _kinds_match(w_kind, r_kind) or r_values is not None:
+            msg = f"{writer} writes a {w_kind} for '{where}', but {reader} expects a {r_kind}; no event would validate."
+            return [_problem(path, "type-changed", msg)]
+        if (w_kind, r_kind) == ("number", "integer"):
+            msg = f"{writer} may write a number like 2.5 for '{where}', but {reader} accepts only an integer."
+            return [_problem(path, narrowed, msg)]
+        if w_kind == "string" and r.get("format") not in (None, w.get("format")):
+            msg = f"{writer} may write any string for '{where}', but {reader} expects format {r['format']!r}."
+            return [_problem(path, narrowed, msg)]
+        if w_kind == "array":
+            return self.compare(r.get("items", {}), w.get("items", {}), f"{path}[]")
+        if w_kind == "object":
+            return self._compare_objects(r, w, path)
+        return []
+
+    def _compare_objects(self, r: Schema, w: Schema, path: str) -> list[Incompatibility]:
+        r_props, w_props = r.get("properties", {}), w.get("properties", {})
+        r_needs = {n for n in r.get("required", []) if "default" not in r_props.get(n, {})}
+        w_always = set(w.get("required", []))
+        reader, writer = self.r_name, self.w_name
+        problems: list[Incompatibility] = []
+        for name, r_field in r_props.items():
+            where = _join(path, name)
+            if name in w_props:
+                if name in r_needs and name not in w_always:
+                    msg = (f"{reader} requires '{where}' (no default), but {writer} marks it optional, so some "
+                           f"events may lack it. Give it a default in {reader}, or make it required in both.")
+                    problems.append(_problem(where, "field-may-be-missing", msg))
+                problems += self.compare(r_field, w_props[name], where)
+            elif name in r_needs:
+                rule = self._rule("required-field-added", "field-removed-without-default")
+                msg = (f"{reader} requires '{where}' and has no default, but events written with {writer} "
+                       f"never contain it. Give the field a default (or make it Optional with None).")
+                problems.append(_problem(where, rule, msg))
+        r_extra = r.get("additionalProperties", True)
+        for name, w_field in w_props.items():
+            where = _join(path, name)
+            if name in r_props:
+                continue
+            if r_extra is False:
+                msg = (f"{writer} writes '{where}', which {reader} does not declare, and {reader} forbids unknown "
+                       f"fields (additionalProperties: false, pydantic extra='forbid'): the whole event is rejected.")
+                problems.append(_problem(where, "unknown-field-rejected", msg))
+            elif isinstance(r_extra, dict):
+                problems += self.compare(r_extra, w_field, where)
+        w_extra = w.get("additionalProperties")
+        if isinstance(w_extra, dict) and r_extra is False:
+            msg = f"{writer} may write any key in '{path or '(event)'}', but {reader} forbids unknown fields."
+            problems.append(_problem(f"{path}{{}}", "unknown-field-rejected", msg))
+        elif isinstance(w_extra, dict) and isinstance(r_extra, dict):
+            problems += self.compare(r_extra, w_extra, f"{path}{{}}")
+        self._spot_renames(r_props, w_props, path)
+        return problems
+
+    def _spot_renames(self, r_props: Schema, w_props: Schema, path: str) -> None:
+        new_props, old_props = (r_props, w_props) if self.reader_is_newer else (w_props, r_props)
+        added = [name for name in new_props if name not in old_props]
+        for old_name in (name for name in old_props if name not in new_props):
+            for new_name in added:
+                if _strip(old_props[old_name]) == _strip(new_props[new_name]):
+                    old_where, new_where = _join(path, old_name), _join(path, new_name)
+                    msg = (f"'{old_where}' disappeared and '{new_where}' (same type) appeared: a rename is a remove "
+                           f"plus an add. Tolerant readers silently drop the old value and readers that require "
+                           f"'{old_where}' break. Keep the old field alongside the new one for a while instead.")
+                    warning = _problem(old_where, "possible-rename", msg)
+                    if warning not in self.warnings:
+                        self.warnings.append(warning)
+                    break
+
+
+def _describe(label: str) -> str:
+    names = {"new": "the new schema", "old": "the old schema", "reader": "the reader", "writer": "the writer"}
+    return names.get(label, f"schema {label}")
