@@ -23,26 +23,22 @@ modes mean what they mean in Confluent Schema Registry:
 The core is :func:`read_problems`: "can reader schema R read the JSON written with writer
 schema W?". BACKWARD asks it with R = new, W = old; FORWARD with R = old, W = new.
 
-Open content model (a decision): a field the writer sends but the reader does not declare
-is fine when the reader ignores unknown fields (pydantic's default ``extra="ignore"``; JSON
-Schema without ``additionalProperties: false``) and an ``unknown-field-rejected`` problem when
-it forbids them (``extra="forbid"``). That is how pydantic readers behave at run time.
-Confluent's JSON Schema checker is stricter about open content models (it cannot know what
-type an undeclared field had); we judge the readers we actually run. The catch: a rename is
-a remove plus an add, and a tolerant reader "reads" a renamed field by silently dropping it.
-FORWARD and FULL still catch it when the old field was required, and every report warns
-about a likely rename (``possible-rename``) without changing the verdict.
+Open content model (a decision, unlike Confluent's JSON Schema rules): a field the writer
+sends and the reader does not declare is fine for a tolerant reader (pydantic's default
+``extra="ignore"``, no ``additionalProperties: false``) and ``unknown-field-rejected`` for a
+strict one (``extra="forbid"``), as pydantic readers really behave. The catch: a rename is a
+remove plus an add, which a tolerant reader "reads" by dropping the value. FORWARD and FULL
+catch it when the old field was required; reports also warn (``possible-rename``).
 
-Required-ness follows the schema, not ``model_dump``: a field that is not in ``required``
-may be absent from an event, so a reader that requires it is at risk (``field-may-be-missing``).
 Rule names describe the change from old to new (``enum-value-added`` breaks FORWARD,
-``enum-value-removed`` breaks BACKWARD). Titles, descriptions, default values and constraints
-such as ``ge`` or ``max_length`` are not compared.
+``enum-value-removed`` breaks BACKWARD). A field missing from ``required`` may be absent.
+Titles, descriptions, default values and constraints (``ge``, ``max_length``) are ignored.
+See docs/compatibility.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -53,7 +49,7 @@ from buslib.errors import ContractError
 __all__ = ["Compatibility", "CompatibilityReport", "Incompatibility", "check", "compatible_modes", "read_problems"]
 
 Schema = dict[str, Any]
-_IGNORED_KEYS = {"title", "description", "default", "examples"}
+_IGNORED = {"title", "description", "default", "examples"}
 _PYTHON_KINDS = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
@@ -176,7 +172,7 @@ def check(new: Any, old_or_history: Any, mode: Compatibility | str = Compatibili
             walks.append(_Walk(old, new_schema, reader_is_newer=False, names=(label, "new")))
         for walk in walks:
             found = walk.compare(walk.reader, walk.writer, "")
-            report.problems += [_with_direction(p, walk.direction) for p in found]
+            report.problems += [replace(p, direction=walk.direction) for p in found]
             report.warnings += [w for w in walk.warnings if w not in report.warnings]
     return report
 
@@ -199,10 +195,6 @@ def compatible_modes(new: Any, old_or_history: Any) -> set[Compatibility]:
 
 def _problem(path: str, rule: str, message: str) -> Incompatibility:
     return Incompatibility(path, rule, message[0].upper() + message[1:])
-
-
-def _with_direction(problem: Incompatibility, direction: str) -> Incompatibility:
-    return Incompatibility(problem.path, problem.rule, problem.message, direction)
 
 
 def _to_mode(mode: Compatibility | str) -> Compatibility:
@@ -289,15 +281,13 @@ def _kinds_match(writer_kind: str, reader_kind: str) -> bool:
 
 def _strip(node: Any) -> Any:
     """The node without titles, descriptions and defaults (to spot a renamed field)."""
-    if isinstance(node, list):
-        return [_strip(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    return {
-        key: ({k: _strip(v) for k, v in value.items()} if key == "properties" else _strip(value))
-        for key, value in node.items()
-        if key not in _IGNORED_KEYS
-    }
+    if isinstance(node, dict):
+        return {k: _strip_all(v) if k == "properties" else _strip(v) for k, v in node.items() if k not in _IGNORED}
+    return [_strip(item) for item in node] if isinstance(node, list) else node
+
+
+def _strip_all(properties: Schema) -> Schema:
+    return {name: _strip(schema) for name, schema in properties.items()}  # a field may be called "title"
 
 
 def _join(path: str, name: str) -> str:
@@ -311,7 +301,13 @@ class _Walk:
         self.reader, self.writer, self.reader_is_newer = reader, writer, reader_is_newer
         r_label, w_label = names or ("reader", "writer")
         self.direction = f"{r_label} reads {w_label}"
-        self.r_name, self.w_name = (_describe(label) for label in (r_label, w_label))
+        names_in_messages = {
+            "new": "the new schema",
+            "old": "the old schema",
+            "reader": "the reader",
+            "writer": "the writer",
+        }
+        self.r_name, self.w_name = (names_in_messages.get(label, f"schema {label}") for label in (r_label, w_label))
         self.active: set[tuple[Any, Any]] = set()
         self.warnings: list[Incompatibility] = []
 
@@ -375,7 +371,7 @@ class _Walk:
             if r_values is not None:
                 unknown = [v for v in w_values if v not in r_values]
                 rule = self._rule("enum-value-removed", "enum-value-added")
-                msg = f"{writer} may write {unknown} for '{where}', which {reader} does not know (it accepts {r_values})."
+                msg = f"{writer} may write {unknown} for '{where}', unknown to {reader} (it knows {r_values})."
                 return [_problem(path, rule, msg)] if unknown else []
             bad = [v for v in w_values if not _kinds_match(_value_kind(v), r_kind)]
             msg = f"{writer} may write {bad} for '{where}', but {reader} expects a {r_kind}."
@@ -394,7 +390,7 @@ class _Walk:
             msg = f"{writer} may write any value for '{where}', but {reader} accepts only a {r_kind}."
             return [_problem(path, narrowed, msg)]
         if not _kinds_match(w_kind, r_kind) or r_values is not None:
-            msg = f"{writer} writes a {w_kind} for '{where}', but {reader} expects a {r_kind}; no event would validate."
+            msg = f"{writer} writes a {w_kind} for '{where}', but {reader} expects a {r_kind}."
             return [_problem(path, "type-changed", msg)]
         if (w_kind, r_kind) == ("number", "integer"):
             msg = f"{writer} may write a number like 2.5 for '{where}', but {reader} accepts only an integer."
@@ -418,14 +414,13 @@ class _Walk:
             where = _join(path, name)
             if name in w_props:
                 if name in r_needs and name not in w_always:
-                    msg = (f"{reader} requires '{where}' (no default), but {writer} marks it optional, so some "
-                           f"events may lack it. Give it a default in {reader}, or make it required in both.")
+                    msg = f"{reader} requires '{where}' (no default), but {writer} lets events leave it out. Add a default."
                     problems.append(_problem(where, "field-may-be-missing", msg))
                 problems += self.compare(r_field, w_props[name], where)
             elif name in r_needs:
                 rule = self._rule("required-field-added", "field-removed-without-default")
-                msg = (f"{reader} requires '{where}' and has no default, but events written with {writer} "
-                       f"never contain it. Give the field a default (or make it Optional with None).")
+                fix = self._rule("Give it a default.", "Keep writing it until no reader requires it.")
+                msg = f"{reader} requires '{where}' (no default), but events written with {writer} never have it. {fix}"
                 problems.append(_problem(where, rule, msg))
         r_extra = r.get("additionalProperties", True)
         for name, w_field in w_props.items():
@@ -433,8 +428,7 @@ class _Walk:
             if name in r_props:
                 continue
             if r_extra is False:
-                msg = (f"{writer} writes '{where}', which {reader} does not declare, and {reader} forbids unknown "
-                       f"fields (additionalProperties: false, pydantic extra='forbid'): the whole event is rejected.")
+                msg = f"{writer} writes '{where}', unknown to {reader}, which rejects unknown fields (extra='forbid')."
                 problems.append(_problem(where, "unknown-field-rejected", msg))
             elif isinstance(r_extra, dict):
                 problems += self.compare(r_extra, w_field, where)
@@ -454,15 +448,11 @@ class _Walk:
             for new_name in added:
                 if _strip(old_props[old_name]) == _strip(new_props[new_name]):
                     old_where, new_where = _join(path, old_name), _join(path, new_name)
-                    msg = (f"'{old_where}' disappeared and '{new_where}' (same type) appeared: a rename is a remove "
-                           f"plus an add. Tolerant readers silently drop the old value and readers that require "
-                           f"'{old_where}' break. Keep the old field alongside the new one for a while instead.")
+                    msg = (
+                        f"'{old_where}' disappeared and '{new_where}' (same type) appeared. If it is a rename, tolerant "
+                        f"readers silently drop the value: keep the old field alongside the new one for a while."
+                    )
                     warning = _problem(old_where, "possible-rename", msg)
                     if warning not in self.warnings:
                         self.warnings.append(warning)
                     break
-
-
-def _describe(label: str) -> str:
-    names = {"new": "the new schema", "old": "the old schema", "reader": "the reader", "writer": "the writer"}
-    return names.get(label, f"schema {label}")
