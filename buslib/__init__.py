@@ -8,7 +8,9 @@ Modules, one concern each: ``server`` (embedded nats-server), ``connection`` (wh
 fail-fast connect), ``events`` (typed events), ``bus`` (EventBus), ``errors``.
 """
 
+from buslib.bus import EventBus, MessageContext, SubjectError, Subscription, SubscriptionStats
 from buslib.connection import connect, embedded_server, ensure_server
+from buslib.dlq import DeadLetter, DeadLetterFilter, DeadLetterQueue
 from buslib.errors import (
     BusError,
     ConfigDriftError,
@@ -19,9 +21,21 @@ from buslib.errors import (
     ServerError,
 )
 from buslib.events import Event, event_types, lookup_event_type
+from buslib.retry import Failure, Reject, Retry
 from buslib.server import EmbeddedServer, find_server_binary
 
 __all__ = [
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterQueue",
+    "EventBus",
+    "Failure",
+    "MessageContext",
+    "Reject",
+    "Retry",
+    "SubjectError",
+    "Subscription",
+    "SubscriptionStats",
     "BusError",
     "ConfigDriftError",
     "ConnectError",

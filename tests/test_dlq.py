@@ -34,23 +34,40 @@ class Env:
         self.stream, self.prefix, self.consumer = f"SRC{unique}", f"src{unique.lower()}", "billing__x"
         self.dlq_stream = f"DLQ{unique}"
         self.hooked: list[DeadLetter] = []
-        self.dlq = DeadLetterQueue(nc, stream=self.dlq_stream, watch=[self.stream], on_dead_letter=self.hooked.append,
-                                   alert_subject=f"alerts{unique.lower()}")
+        self.dlq = DeadLetterQueue(
+            nc,
+            stream=self.dlq_stream,
+            watch=[self.stream],
+            on_dead_letter=self.hooked.append,
+            alert_subject=f"alerts{unique.lower()}",
+        )
 
     async def delivered(self, subject: str, data: bytes, headers: dict | None = None, *, max_deliver: int = 3):
         """Publish one message and fetch its first delivery."""
         ack = await self.js.publish(f"{self.prefix}.{subject}", data, headers=headers)
-        sub = await self.js.pull_subscribe(f"{self.prefix}.>", durable=self.consumer, stream=self.stream,
-                                           config=ConsumerConfig(max_deliver=max_deliver, ack_wait=1.0))
+        sub = await self.js.pull_subscribe(
+            f"{self.prefix}.>",
+            durable=self.consumer,
+            stream=self.stream,
+            config=ConsumerConfig(max_deliver=max_deliver, ack_wait=1.0),
+        )
         while True:
             (msg,) = await sub.fetch(1, timeout=5)
             if msg.metadata.sequence.stream == ack.seq:
                 return msg
 
     def failure(self, msg, *, kind="rejected", reason="ValueError: amount must be positive", **extra) -> Failure:
-        return Failure(kind=kind, reason=reason, msg=msg, group="billing", stream=self.stream,
-                       stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
-                       num_delivered=msg.metadata.num_delivered, **extra)
+        return Failure(
+            kind=kind,
+            reason=reason,
+            msg=msg,
+            group="billing",
+            stream=self.stream,
+            stream_seq=msg.metadata.sequence.stream,
+            subject=msg.subject,
+            num_delivered=msg.metadata.num_delivered,
+            **extra,
+        )
 
 
 @pytest.fixture
@@ -66,18 +83,30 @@ async def env(nc, js, unique):
 
 async def test_an_entry_keeps_the_payload_and_headers_and_says_where_from_and_why(env):
     first = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    headers = {"ce-id": "E-1", "Nats-Msg-Id": "E-1", "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
-               "note": "prix négatif"}
+    headers = {
+        "ce-id": "E-1",
+        "Nats-Msg-Id": "E-1",
+        "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "note": "prix négatif",
+    }
     msg = await env.delivered("created", b'{"amount": -1}', headers)
-    entry = await env.dlq(env.failure(msg, reason="ValueError: amount must be positive\n  at line 3",
-                                      trace_id="a" * 32, first_failure_at=first))
+    entry = await env.dlq(
+        env.failure(
+            msg, reason="ValueError: amount must be positive\n  at line 3", trace_id="a" * 32, first_failure_at=first
+        )
+    )
 
     stored = await env.dlq.get(entry.id)
     assert stored == entry
     assert stored.data == b'{"amount": -1}'
     assert stored.headers == headers  # unchanged, non-ASCII included, the original Nats-Msg-Id kept
     assert (stored.stream, stored.stream_seq, stored.subject) == (env.stream, 1, f"{env.prefix}.created")
-    assert (stored.group, stored.consumer, stored.num_delivered, stored.kind) == ("billing", env.consumer, 1, "rejected")
+    assert (stored.group, stored.consumer, stored.num_delivered, stored.kind) == (
+        "billing",
+        env.consumer,
+        1,
+        "rejected",
+    )
     assert stored.reason == "ValueError: amount must be positive | at line 3"  # one line: headers cannot break
     assert stored.first_failure_at == first and stored.last_failure_at is not None
     assert stored.trace_id == "a" * 32 and stored.source == "worker"
@@ -139,8 +168,11 @@ async def test_nats_control_headers_of_the_original_are_kept_inert(env):
 
 async def test_list_filters_by_subject_reason_time_and_group(env):
     m1 = await env.delivered("orders.created", b"1")
-    await env.dlq(env.failure(m1, reason="ValueError: negative amount",
-                              last_failure_at=datetime.now(timezone.utc) - timedelta(hours=2)))
+    await env.dlq(
+        env.failure(
+            m1, reason="ValueError: negative amount", last_failure_at=datetime.now(timezone.utc) - timedelta(hours=2)
+        )
+    )
     m2 = await env.delivered("orders.paid", b"2")
     await env.dlq(env.failure(m2, kind="undecodable", reason="DecodeError: The payload is not valid JSON"))
 
@@ -191,8 +223,16 @@ def test_filter_times_accept_iso_with_or_without_zone_and_relative_ages():
 
 @pytest.mark.parametrize(
     ("pattern", "subject", "expected"),
-    [("a.b", "a.b", True), ("a.*", "a.b", True), ("a.*", "a.b.c", False), ("a.>", "a.b.c", True),
-     ("a.>", "a", False), ("*.b", "a.b", True), ("a.b", "a.c", False), ("a.b.c", "a.b", False)],
+    [
+        ("a.b", "a.b", True),
+        ("a.*", "a.b", True),
+        ("a.*", "a.b.c", False),
+        ("a.>", "a.b.c", True),
+        ("a.>", "a", False),
+        ("*.b", "a.b", True),
+        ("a.b", "a.c", False),
+        ("a.b.c", "a.b", False),
+    ],
 )
 def test_subject_matching_follows_nats_wildcards(pattern, subject, expected):
     assert subject_matches(pattern, subject) is expected
@@ -232,8 +272,11 @@ async def test_an_interrupted_replay_repeated_stores_one_copy(env):
     msg = await env.delivered("created", b"once")
     entry = await env.dlq(env.failure(msg))
     # the first replay published, then crashed before removing the entry:
-    headers = {**entry.headers, REPLAYED_FROM: f"{env.dlq_stream}:{entry.id}",
-               "Nats-Msg-Id": f"replay:{env.dlq_stream}:{entry.id}"}
+    headers = {
+        **entry.headers,
+        REPLAYED_FROM: f"{env.dlq_stream}:{entry.id}",
+        "Nats-Msg-Id": f"replay:{env.dlq_stream}:{entry.id}",
+    }
     await env.js.publish(entry.subject, entry.data, headers=headers)
 
     result = await env.dlq.replay(ids=[entry.id])
@@ -284,8 +327,9 @@ async def test_setup_is_idempotent_and_refuses_a_stream_with_other_subjects(env,
 
 async def test_an_ack_timeout_on_the_last_delivery_is_caught_from_the_max_deliveries_advisory(env):
     """No handler verdict at all (the worker hung): the advisory path makes the entry."""
-    msg = await env.delivered("hung", b'{"slow": true}', {"traceparent": "00-" + "c" * 32 + "-" + "d" * 16 + "-01"},
-                              max_deliver=2)
+    msg = await env.delivered(
+        "hung", b'{"slow": true}', {"traceparent": "00-" + "c" * 32 + "-" + "d" * 16 + "-01"}, max_deliver=2
+    )
     sub = await env.js.pull_subscribe_bind(durable=env.consumer, stream=env.stream)
     redelivered = []
     for _ in range(20):  # keep a pull pending: the server only then sends MAX_DELIVERIES
@@ -366,7 +410,8 @@ async def test_setup_uses_a_stream_that_already_captures_the_advisories(server):
         dlq = await DeadLetterQueue(client, stream="DLQ").setup()
         assert dlq.advisory_stream == "EVERY_ADVISORY"
         assert (await js.consumer_info("EVERY_ADVISORY", dlq.advisory_consumer)).config.filter_subjects == [
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>"
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>",
         ]
         assert (await dlq.reconcile()).written == []
     finally:

@@ -53,8 +53,13 @@ async def test_rejected_exhausted_and_flaky_messages_end_where_they_should(bus, 
             raise TimeoutError("try again")
         handled.append((event.order_id, ctx.num_delivered))
 
-    sub = await bus.subscribe(DlqTestOrder, group="billing", handler=handle,
-                              retry=Retry(max_deliver=3, delays=[0.05], jitter=0), dead_letters=dlq)
+    sub = await bus.subscribe(
+        DlqTestOrder,
+        group="billing",
+        handler=handle,
+        retry=Retry(max_deliver=3, delays=[0.05], jitter=0),
+        dead_letters=dlq,
+    )
     for order_id, amount in [("neg", -5), ("boom", 1), ("flaky", 1), ("ok", 2)]:
         await bus.publish(DlqTestOrder(order_id=order_id, amount=amount))
     await wait_until(lambda: len(handled) == 2 and sub.stats.dead_lettered == 2, timeout=20, what="2 handled, 2 dead")
@@ -77,11 +82,17 @@ async def test_rejected_exhausted_and_flaky_messages_end_where_they_should(bus, 
     [
         (b"not json at all", {"ce-type": "dlqtest.order"}, "DecodeError: The payload is not valid JSON"),
         (b'{"order_id": 5}', {"ce-type": "dlqtest.order"}, "DecodeError: The payload does not fit DlqTestOrder"),
-        (b'{"order_id": "A", "amount": 1}', {"ce-type": "dlqtest.nope"},
-         "ContractError: No event class for type 'dlqtest.nope' version 1"),
+        (
+            b'{"order_id": "A", "amount": 1}',
+            {"ce-type": "dlqtest.nope"},
+            "ContractError: No event class for type 'dlqtest.nope' version 1",
+        ),
         (b'{"order_id": "A", "amount": 1}', {}, "DecodeError: The message has no ce-type header"),
-        (b'{"order_id": "A", "amount": 1}', {"ce-type": "dlqtest.order", "Bus-Event-Version": "one"},
-         "DecodeError: The Bus-Event-Version header 'one' is not a whole number"),
+        (
+            b'{"order_id": "A", "amount": 1}',
+            {"ce-type": "dlqtest.order", "Bus-Event-Version": "one"},
+            "DecodeError: The Bus-Event-Version header 'one' is not a whole number",
+        ),
     ],
     ids=["not-json", "wrong-shape", "unknown-type", "missing-headers", "bad-version-header"],
 )
@@ -113,8 +124,13 @@ async def test_a_failing_sink_loses_nothing(bus, dlq):
         raise Reject("never valid")
 
     await bus.js.delete_stream(dlq.stream)
-    sub = await bus.subscribe(DlqTestOrder, group="billing", handler=handle,
-                              retry=Retry(max_deliver=4, delays=[0.3], jitter=0), dead_letters=dlq)
+    sub = await bus.subscribe(
+        DlqTestOrder,
+        group="billing",
+        handler=handle,
+        retry=Retry(max_deliver=4, delays=[0.3], jitter=0),
+        dead_letters=dlq,
+    )
     await bus.publish(DlqTestOrder(order_id="x", amount=1))
     await wait_until(lambda: sub.stats.sink_errors >= 1, what="the sink to fail")
     await dlq.setup()
@@ -174,15 +190,25 @@ def test_fuzzed_messages_are_processed_or_dead_lettered_and_the_worker_never_die
     async def start():
         bus = await EventBus.connect(service="fuzz", url=nats_url)
         await bus.ensure_stream(FuzzItem, name=stream)
-        dlq = await DeadLetterQueue(bus, stream=f"FUZZDL{unique}", alert_subject=None,
-                                    on_dead_letter=lambda e: outcomes.setdefault(e.stream_seq, "dead")).setup()
+        dlq = await DeadLetterQueue(
+            bus,
+            stream=f"FUZZDL{unique}",
+            alert_subject=None,
+            on_dead_letter=lambda e: outcomes.setdefault(e.stream_seq, "dead"),
+        ).setup()
 
         async def handle(event, ctx) -> None:
             assert isinstance(event, FuzzItem)
             outcomes.setdefault(ctx.stream_seq, "processed")
 
-        sub = await bus.subscribe("dlqfuzz.>", group="fuzz", event_type=Event, handler=handle, dead_letters=dlq,
-                                  retry=Retry(max_deliver=2, delays=[0.05]))
+        sub = await bus.subscribe(
+            "dlqfuzz.>",
+            group="fuzz",
+            event_type=Event,
+            handler=handle,
+            dead_letters=dlq,
+            retry=Retry(max_deliver=2, delays=[0.05]),
+        )
         return bus, dlq, sub
 
     bus, dlq, sub = loop.run_until_complete(start())
@@ -197,7 +223,9 @@ def test_fuzzed_messages_are_processed_or_dead_lettered_and_the_worker_never_die
         async def run() -> None:
             ack = await bus.js.publish(FuzzItem.subject(), data, headers=headers or None)
             expected[ack.seq] = "processed" if _expect_decodes(data, headers) else "dead"
-            await wait_until(lambda: ack.seq in outcomes, timeout=15, interval=0.002, what=f"message {ack.seq} handled or dead")
+            await wait_until(
+                lambda: ack.seq in outcomes, timeout=15, interval=0.002, what=f"message {ack.seq} handled or dead"
+            )
             assert outcomes[ack.seq] == expected[ack.seq], (data, headers)
             assert sub.running
 

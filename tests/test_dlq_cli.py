@@ -32,19 +32,32 @@ async def _fill(url: str, names: Filled) -> None:
     js = nc.jetstream()
     await js.add_stream(name=names.stream, subjects=[f"{names.prefix}.>"])
     dlq = await DeadLetterQueue(nc, stream=names.dlq, alert_subject=None).setup()
-    sub = await js.pull_subscribe(f"{names.prefix}.>", durable="billing__x", stream=names.stream,
-                                  config=ConsumerConfig(max_deliver=3))
-    cases = [("orders.created", b'{"n": 1}', "ValueError: amount must be positive", "billing"),
-             ("orders.paid", b'{"n": 2}', "KeyError: 'customer'", "billing"),
-             ("shipments.sent", b'{"n": 3}', "DecodeError: The payload is not valid JSON", "shipping")]
+    sub = await js.pull_subscribe(
+        f"{names.prefix}.>", durable="billing__x", stream=names.stream, config=ConsumerConfig(max_deliver=3)
+    )
+    cases = [
+        ("orders.created", b'{"n": 1}', "ValueError: amount must be positive", "billing"),
+        ("orders.paid", b'{"n": 2}', "KeyError: 'customer'", "billing"),
+        ("shipments.sent", b'{"n": 3}', "DecodeError: The payload is not valid JSON", "shipping"),
+    ]
     for subject, data, _, _ in cases:
         await js.publish(f"{names.prefix}.{subject}", data, headers={"ce-id": subject})
     msgs = []
     while len(msgs) < 3:
         msgs += await sub.fetch(3 - len(msgs), timeout=5)
     for (_, _, reason, group), msg in zip(cases, msgs, strict=True):
-        await dlq(Failure(kind="rejected", reason=reason, msg=msg, group=group, stream=names.stream,
-                          stream_seq=msg.metadata.sequence.stream, subject=msg.subject, num_delivered=1))
+        await dlq(
+            Failure(
+                kind="rejected",
+                reason=reason,
+                msg=msg,
+                group=group,
+                stream=names.stream,
+                stream_seq=msg.metadata.sequence.stream,
+                subject=msg.subject,
+                num_delivered=1,
+            )
+        )
         await msg.term()
     await nc.close()
 
@@ -91,8 +104,9 @@ def test_ls_lists_every_entry_with_its_reason(filled, capsys):
 
 
 def test_ls_filters_and_json(filled, capsys):
-    code, out, _ = run(capsys, "--stream", filled.dlq, "ls", "--json", "--subject", f"{filled.prefix}.orders.*",
-                       "--since", "10m")
+    code, out, _ = run(
+        capsys, "--stream", filled.dlq, "ls", "--json", "--subject", f"{filled.prefix}.orders.*", "--since", "10m"
+    )
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["id"] for r in rows] == [1, 2] and rows[0]["stream"] == filled.stream
@@ -163,10 +177,12 @@ def test_a_bad_id_is_refused_by_the_parser(capsys):
 
 def test_the_command_works_against_an_embedded_server_when_nats_url_is_unset():
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    done = subprocess.run([sys.executable, "-m", "buslib", "dlq", "ls"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "buslib", "dlq", "ls"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "No dead letters: there is no stream DEAD_LETTERS" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "buslib", "dlq", "show", "1"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "buslib", "dlq", "show", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1 and "no dead-letter stream DEAD_LETTERS" in done.stderr

@@ -52,8 +52,10 @@ async def test_1000_events_flaky_once_poison_dead_lettered_once_replay_processes
     try:
         await buses[0].ensure_stream(InvItem, name=stream)
         dlqs = [await DeadLetterQueue(b, stream=dlq_stream, alert_subject=None).setup() for b in buses]
-        subs = [await b.subscribe(InvItem, group="inv", handler=handle, retry=retry, dead_letters=d, concurrency=8)
-                for b, d in zip(buses, dlqs, strict=True)]
+        subs = [
+            await b.subscribe(InvItem, group="inv", handler=handle, retry=retry, dead_letters=d, concurrency=8)
+            for b, d in zip(buses, dlqs, strict=True)
+        ]
         await buses[0].publish_many(events)
 
         async def settled() -> bool:
@@ -119,8 +121,13 @@ async def test_a_worker_killed_on_its_last_delivery_still_yields_a_dead_letter(n
         await bus.ensure_stream(KillItem, name=stream)
         dlq = await DeadLetterQueue(bus, stream=dlq_stream, watch=[stream]).setup()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _DOOMED_WORKER, stream, dlq_stream,
-            stdout=asyncio.subprocess.PIPE, env={**os.environ, "NATS_URL": nats_url},
+            sys.executable,
+            "-c",
+            _DOOMED_WORKER,
+            stream,
+            dlq_stream,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "NATS_URL": nats_url},
         )
         try:
             assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"READY"
@@ -140,8 +147,15 @@ async def test_a_worker_killed_on_its_last_delivery_still_yields_a_dead_letter(n
 
         # A second worker of the group keeps a pull pending: only then does the server
         # notice the exhausted message and publish MAX_DELIVERIES.
-        sub = await bus.subscribe(KillItem, group="kill", handler=handle, stream=stream, dead_letters=dlq,
-                                  retry=Retry(max_deliver=2, delays=[0.1], jitter=0), ack_wait=1.0)
+        sub = await bus.subscribe(
+            KillItem,
+            group="kill",
+            handler=handle,
+            stream=stream,
+            dead_letters=dlq,
+            retry=Retry(max_deliver=2, delays=[0.1], jitter=0),
+            ack_wait=1.0,
+        )
         written = []
 
         async def reconciled() -> bool:

@@ -114,7 +114,9 @@ async def test_calls_store_once_accepts_an_idempotent_publisher_and_rejects_two_
         return await js.publish(f"{prefix}.orders", data, headers={"Nats-Msg-Id": "order"})
 
     await CallsStoreOnce(name, idempotent).verify(ctx)
-    with pytest.raises(Fail, match=r"same key 'check-\w+' stored 2 messages .* expected 1. Give each publish a Nats-Msg-Id"):
+    with pytest.raises(
+        Fail, match=r"same key 'check-\w+' stored 2 messages .* expected 1. Give each publish a Nats-Msg-Id"
+    ):
         await CallsStoreOnce(name, no_id).verify(ctx)
     with pytest.raises(Fail, match=r"two different keys .* stored only 1 message; expected 2"):
         await CallsStoreOnce(name, constant_id).verify(ctx)
@@ -205,6 +207,9 @@ async def test_calls_store_once_explains_a_publisher_that_raises(ctx, stream):
     async def broken(js, key, data):
         raise RuntimeError("no connection")
 
-    with pytest.raises(Fail, match=r"Calling publish\(js, 'check-\w+', data\) raised RuntimeError: no connection. It must publish "
-                                   r"with the `js` it receives"):
+    with pytest.raises(
+        Fail,
+        match=r"Calling publish\(js, 'check-\w+', data\) raised RuntimeError: no connection. It must publish "
+        r"with the `js` it receives",
+    ):
         await CallsStoreOnce(stream[0], broken).verify(ctx)

@@ -38,8 +38,15 @@ def test_is_placeholder_sees_blanks_inside_containers():
 
 # -- questions and outcomes -------------------------------------------------------------
 def _question() -> Question:
-    return Question("q1", "Name it", uses=["NAME"], checks=lambda NAME: [Equals("NAME", NAME, "orders")],
-                    hint=["first hint", "second hint"], solution='NAME = "orders"', exercise="99")
+    return Question(
+        "q1",
+        "Name it",
+        uses=["NAME"],
+        checks=lambda NAME: [Equals("NAME", NAME, "orders")],
+        hint=["first hint", "second hint"],
+        solution='NAME = "orders"',
+        exercise="99",
+    )
 
 
 def test_three_outcomes_correct_incorrect_not_attempted():
@@ -64,7 +71,9 @@ def test_checks_run_lazily_so_a_wrong_type_is_reported_before_it_breaks_the_next
 def test_a_check_that_crashes_is_incorrect_with_the_reason_not_a_traceback():
     q = Question("q1", "t", uses=["f"], checks=lambda f: [Satisfies("f", f, lambda v: v() > 1, "f() must exceed 1")])
     outcome = q.outcome({"f": lambda: None})
-    assert outcome.status is Status.INCORRECT and "TypeError" in outcome.message and "f() must exceed 1" in outcome.message
+    assert (
+        outcome.status is Status.INCORRECT and "TypeError" in outcome.message and "f() must exceed 1" in outcome.message
+    )
 
 
 async def test_outcome_works_inside_a_running_event_loop_like_a_kernel():
@@ -78,8 +87,13 @@ def test_outcome_rich_display_and_machine_readable_output():
     bundle = outcome._repr_mimebundle_()
     assert bundle["text/plain"] == "[q2] Incorrect: stored 2 messages; expected 1 <b>"
     assert "#c62828" in bundle["text/html"] and "&lt;b&gt;" in bundle["text/html"]  # red, escaped
-    assert bundle[MIME_TYPE] == {"exercise": "01", "question": "q2", "title": "Retry safely",
-                                 "status": "incorrect", "message": "stored 2 messages; expected 1 <b>"}
+    assert bundle[MIME_TYPE] == {
+        "exercise": "01",
+        "question": "q2",
+        "title": "Retry safely",
+        "status": "incorrect",
+        "message": "stored 2 messages; expected 1 <b>",
+    }
     json.dumps(bundle[MIME_TYPE])
     assert "#2e7d32" in Outcome("01", "q1", "t", Status.CORRECT, "ok")._repr_html_()  # green
     assert "#757575" in Outcome("01", "q1", "t", Status.NOT_ATTEMPTED, "")._repr_html_()  # grey
@@ -172,8 +186,9 @@ def test_generated_learner_copies_are_up_to_date():
     """Fails when someone edited a solution notebook without running scripts/make_exercises.py."""
     import subprocess
 
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_exercises.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_exercises.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -199,7 +214,10 @@ def test_each_questions_solution_text_is_the_code_of_its_solution_notebook():
 
     for path in sorted((ROOT / "exercises" / "solutions").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        solved = [c.source.split("# solution\n", 1)[1].strip() for c in nb.cells
-                  if c.cell_type == "code" and "# solution\n" in c.source]
+        solved = [
+            c.source.split("# solution\n", 1)[1].strip()
+            for c in nb.cells
+            if c.cell_type == "code" and "# solution\n" in c.source
+        ]
         texts = [q.solution_text.strip() for q in questions(path.name[:2])]
         assert texts == solved, path.name

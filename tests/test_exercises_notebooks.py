@@ -53,8 +53,9 @@ def test_progress_reports_a_wrong_answer_and_a_deleted_check(tmp_path):
     nb = nbformat.read(ROOT / "exercises" / "01_persistence.ipynb", as_version=4)
     for cell in nb.cells:
         if cell.source == "publish_order = ____  # your code here":
-            cell.source = ("async def publish_order(js, order_id, data):\n"
-                           "    return await js.publish('ex01.orders.created', data)")
+            cell.source = (
+                "async def publish_order(js, order_id, data):\n    return await js.publish('ex01.orders.created', data)"
+            )
         if cell.source == "orders = ____  # your code here":
             cell.source = "orders = await js.add_stream(name=ORDERS_STREAM, subjects=['ex01.orders.>'], storage='file')"
     nb.cells = [c for c in nb.cells if c.source != "q3.check()"]

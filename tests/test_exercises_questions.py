@@ -40,17 +40,21 @@ async def test_ex02_contract_rejects_a_wrong_type_name_and_a_wrong_field_type(fo
         shipment_id: str
         weight_kg: float
 
-    _incorrect(await ex02.q1.outcome_async({"ShipmentDispatched": ShipmentDispatched}),
-               "declares type 'ex02.shipment.dispatched' version 1 (subject ex02.shipment.dispatched.v1); expected type "
-               "'ex02.shipments.dispatched'")
+    _incorrect(
+        await ex02.q1.outcome_async({"ShipmentDispatched": ShipmentDispatched}),
+        "declares type 'ex02.shipment.dispatched' version 1 (subject ex02.shipment.dispatched.v1); expected type "
+        "'ex02.shipments.dispatched'",
+    )
     events._REGISTRY.pop(("ex02.shipment.dispatched", 1))
 
     class ShipmentDispatched(Event, type="ex02.shipments.dispatched", version=1):  # noqa: F811
         shipment_id: str
         weight_kg: int
 
-    _incorrect(await ex02.q1.outcome_async({"ShipmentDispatched": ShipmentDispatched}),
-               "ShipmentDispatched.weight_kg is declared as int; expected float.")
+    _incorrect(
+        await ex02.q1.outcome_async({"ShipmentDispatched": ShipmentDispatched}),
+        "ShipmentDispatched.weight_kg is declared as int; expected float.",
+    )
     _incorrect(await ex02.q1.outcome_async({"ShipmentDispatched": dict}), "must be a class that extends buslib.Event")
 
 
@@ -67,7 +71,9 @@ async def test_ex02_publish_and_trace_accept_the_bus_and_reject_raw_and_new_trac
     raw = await bus.publish(ShipmentDispatched(shipment_id="S-1", weight_kg=2.5))  # creates EX02
     assert (await ex02.q2.outcome_async({"ack": raw})).correct
     plain = await js.publish("ex02.shipments.dispatched.v1", b'{"shipment_id": "S-1", "weight_kg": 2.5}')
-    _incorrect(await ex02.q2.outcome_async({"ack": plain}), "has header ce-type=None; expected 'ex02.shipments.dispatched'")
+    _incorrect(
+        await ex02.q2.outcome_async({"ack": plain}), "has header ce-type=None; expected 'ex02.shipments.dispatched'"
+    )
     other = await bus.publish(ShipmentDispatched(shipment_id="S-9", weight_kg=2.5))
     _incorrect(await ex02.q2.outcome_async({"ack": other}), "has shipment_id='S-9' in its JSON payload; expected 'S-1'")
 
@@ -111,6 +117,7 @@ async def test_ex03_three_groups_instead_of_one_are_rejected_and_one_group_passe
         async def handle(job, ctx):
             handled[name].append(job.job_id)
             await asyncio.sleep(0.01)
+
         return handle
 
     subs = [await bus.subscribe(ex03.PackingJob, group=f"packers-{name}", handler=packer(name)) for name in handled]
@@ -118,10 +125,17 @@ async def test_ex03_three_groups_instead_of_one_are_rejected_and_one_group_passe
     await wait_until(lambda: sum(map(len, handled.values())) >= 3 * ex03.JOBS, timeout=20)
     for sub in subs:
         await sub.stop()
-    _incorrect(await ex03.q1.outcome_async({"handled": handled}), "30 job(s) were handled more than once, e.g. job 0 by w1, w2, w3")
-    _incorrect(await ex03.q1.outcome_async({"handled": {"w1": list(range(30)), "w2": [], "w3": []}}),
-               "Worker(s) w2, w3 handled no job")
-    _incorrect(await ex03.q1.outcome_async({"handled": {"w1": list(range(30))}}), "handled has 1 worker(s) (w1); expected 3.")
+    _incorrect(
+        await ex03.q1.outcome_async({"handled": handled}),
+        "30 job(s) were handled more than once, e.g. job 0 by w1, w2, w3",
+    )
+    _incorrect(
+        await ex03.q1.outcome_async({"handled": {"w1": list(range(30)), "w2": [], "w3": []}}),
+        "Worker(s) w2, w3 handled no job",
+    )
+    _incorrect(
+        await ex03.q1.outcome_async({"handled": {"w1": list(range(30))}}), "handled has 1 worker(s) (w1); expected 3."
+    )
     shared = {"w1": list(range(0, 30, 3)), "w2": list(range(1, 30, 3)), "w3": list(range(2, 30, 3))}
     _incorrect(await ex03.q1.outcome_async({"handled": shared}), "There is no consumer for group 'packers'")
 
@@ -140,7 +154,10 @@ async def test_ex03_non_idempotent_handlers_charge_twice_and_are_rejected(js, bu
 
     deliveries = await ex03.run_payments(bus, naive, ledger)
     assert deliveries == {"P-1": 1, "P-2": 2, "P-3": 2}
-    _incorrect(await ex03.q3.outcome_async({"charge": naive, "ledger": ledger}), "Charged more than once: P-2 2 times, P-3 2 times")
+    _incorrect(
+        await ex03.q3.outcome_async({"charge": naive, "ledger": ledger}),
+        "Charged more than once: P-2 2 times, P-3 2 times",
+    )
 
     seen = set()
 
@@ -150,7 +167,10 @@ async def test_ex03_non_idempotent_handlers_charge_twice_and_are_rejected(js, bu
             ledger.charge(event.payment_id, event.amount)
 
     await ex03.run_payments(bus, by_event_id, ledger)
-    _incorrect(await ex03.q3.outcome_async({"charge": by_event_id, "ledger": ledger}), "Charged more than once: P-2 2 times. P-2 came as two events")
+    _incorrect(
+        await ex03.q3.outcome_async({"charge": by_event_id, "ledger": ledger}),
+        "Charged more than once: P-2 2 times. P-2 came as two events",
+    )
 
     charged = set()
 
@@ -174,10 +194,14 @@ async def test_ex04_wrong_policies_and_a_retried_rejection_are_rejected(js, bus)
     await ex04.reset(js)
     bus._covered.clear()
     shipping = ex04.Shipping()
-    _incorrect(await ex04.q1.outcome_async({"policy": Retry(max_deliver=3), "shipping": shipping}),
-               "policy waits [0.5, 2.0] s before the retries; expected 1 s each.")
-    _incorrect(await ex04.q1.outcome_async({"policy": Retry(max_deliver=4, delays=[1]), "shipping": shipping}),
-               "policy allows 4 deliveries; expected 3")
+    _incorrect(
+        await ex04.q1.outcome_async({"policy": Retry(max_deliver=3), "shipping": shipping}),
+        "policy waits [0.5, 2.0] s before the retries; expected 1 s each.",
+    )
+    _incorrect(
+        await ex04.q1.outcome_async({"policy": Retry(max_deliver=4, delays=[1]), "shipping": shipping}),
+        "policy allows 4 deliveries; expected 3",
+    )
     policy = Retry(max_deliver=3, delays=[1.0], jitter=0)
     _incorrect(await ex04.q1.outcome_async({"policy": policy, "shipping": shipping}), "There is no stream named 'EX04'")
 
@@ -188,18 +212,26 @@ async def test_ex04_wrong_policies_and_a_retried_rejection_are_rejected(js, bus)
     async def ship_checked(order, ctx):
         raise ValueError("amount must be positive")
 
-    sub = await bus.subscribe(ex04.OrderPlaced, group="shipping-test", handler=ship_checked, retry=fast, dead_letters=dlq)
+    sub = await bus.subscribe(
+        ex04.OrderPlaced, group="shipping-test", handler=ship_checked, retry=fast, dead_letters=dlq
+    )
     await bus.publish(ex04.OrderPlaced(order_id="negative", amount=-5.0))
     await wait_until(lambda: ex04.in_dead_letters(dlq, "negative"))
     await sub.stop()
-    _incorrect(await ex04.q2.outcome_async({"ship_checked": ship_checked}),
-               "Order 'negative' was dead-lettered as 'exhausted' after 2 deliveries; expected 'rejected' after 1.")
-    _incorrect(await ex04.q3.outcome_async({"replayed": await dlq.replay(ids=[]), "shipping": shipping}),
-               "Order 'poison' was not shipped after the replay")
+    _incorrect(
+        await ex04.q2.outcome_async({"ship_checked": ship_checked}),
+        "Order 'negative' was dead-lettered as 'exhausted' after 2 deliveries; expected 'rejected' after 1.",
+    )
+    _incorrect(
+        await ex04.q3.outcome_async({"replayed": await dlq.replay(ids=[]), "shipping": shipping}),
+        "Order 'poison' was not shipped after the replay",
+    )
     shipping.shipped += ["ok", "flaky", "poison"]
     await dlq.purge(everything=True)
-    _incorrect(await ex04.q3.outcome_async({"replayed": await dlq.replay(ids=[]), "shipping": shipping}),
-               "No dead letter for order 'negative' in EX04_DLQ (it holds [])")
+    _incorrect(
+        await ex04.q3.outcome_async({"replayed": await dlq.replay(ids=[]), "shipping": shipping}),
+        "No dead letter for order 'negative' in EX04_DLQ (it holds [])",
+    )
     await ex04.reset(js)
 
 
@@ -248,16 +280,23 @@ async def test_ex05_upcaster_and_registry(js, bus):
     bus._covered.clear()
     await ex05.publish_product_history(bus)
     key = ("ex05.products.added", 1)
-    _incorrect(await ex05.q2.outcome_async({"product_v1_to_v2": lambda old: old}), "No upcaster from ex05.products.added v1 to v2")
+    _incorrect(
+        await ex05.q2.outcome_async({"product_v1_to_v2": lambda old: old}),
+        "No upcaster from ex05.products.added v1 to v2",
+    )
 
     def product_v1_to_v2(old):  # forgot the cents
         return ex05.ProductAddedV2(sku=old.sku, price=old.price_cents, currency="EUR")
 
     contracts._UPCASTERS[key] = (ex05.ProductAddedV2, product_v1_to_v2)
     try:
-        _incorrect(await ex05.q2.outcome_async({"product_v1_to_v2": product_v1_to_v2}), "with price=1999.0; expected 19.99")
-        contracts._UPCASTERS[key] = (ex05.ProductAddedV2, lambda old: {"sku": old.sku, "price": old.price_cents / 100,
-                                                                       "currency": "EUR"})
+        _incorrect(
+            await ex05.q2.outcome_async({"product_v1_to_v2": product_v1_to_v2}), "with price=1999.0; expected 19.99"
+        )
+        contracts._UPCASTERS[key] = (
+            ex05.ProductAddedV2,
+            lambda old: {"sku": old.sku, "price": old.price_cents / 100, "currency": "EUR"},
+        )
         assert (await ex05.q2.outcome_async({"product_v1_to_v2": product_v1_to_v2})).correct
     finally:
         contracts._UPCASTERS.pop(key, None)
@@ -265,7 +304,10 @@ async def test_ex05_upcaster_and_registry(js, bus):
     _incorrect(await ex05.q3.outcome_async({"registry": object()}), "no schema registry bucket 'EX05_SCHEMAS'")
     registry = await SchemaRegistry.open(js, bucket=ex05.REGISTRY_BUCKET)
     await registry.register(ex05.CustomerRegisteredV1)
-    _incorrect(await ex05.q3.outcome_async({"registry": registry}), "holds 1 revision(s) of ex05.customers.registered.v1; expected 2")
+    _incorrect(
+        await ex05.q3.outcome_async({"registry": registry}),
+        "holds 1 revision(s) of ex05.customers.registered.v1; expected 2",
+    )
 
     class WithPhone(BaseModel):
         customer_id: str

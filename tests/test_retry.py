@@ -45,6 +45,7 @@ def test_bad_policies_are_refused_with_a_reason(kwargs, words):
 
 def test_reject_keeps_its_reason_and_failure_defaults_its_time():
     assert Reject("amount must be positive").reason == "amount must be positive"
-    failure = Failure(kind="rejected", reason="r", msg=None, group="g", stream="S", stream_seq=1, subject="a.b",
-                      num_delivered=1)
+    failure = Failure(
+        kind="rejected", reason="r", msg=None, group="g", stream="S", stream_seq=1, subject="a.b", num_delivered=1
+    )
     assert failure.last_failure_at.tzinfo is not None and failure.first_failure_at is None

@@ -1,0 +1,68 @@
+"""The bus against a server that goes away: restarts, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from _bus_helpers import make_event, wait_until
+
+from buslib import Event, EventBus
+
+
+@pytest.fixture
+def Order(unique) -> type[Event]:
+    return make_event(f"t{unique.lower()}.order.placed")
+
+
+async def test_worker_resumes_consuming_after_a_server_restart(server, Order):
+    got: list[str] = []
+
+    async def handle(event, ctx):
+        got.append(event.order_id)
+
+    async with EventBus.connect(service="resilient", url=server.url) as bus:
+        sub = await bus.subscribe(Order, group="billing", handler=handle, ack_wait=2)
+        await bus.publish(Order(order_id="before"))
+        await wait_until(lambda: got == ["before"])
+        server.restart()
+        await wait_until(lambda: bus.nc.is_connected, what="reconnect")
+        await bus.publish(Order(order_id="after"))  # retried until JetStream is back
+        await wait_until(lambda: "after" in got, timeout=20, what="consuming after the restart")
+        assert got == ["before", "after"]
+        assert sub.stats.rebinds >= 1 and sub.running
+
+
+async def test_publish_during_a_short_outage_is_stored_once(server, Order):
+    async with EventBus.connect(service="resilient", url=server.url, publish_timeout=1.0, publish_attempts=8) as bus:
+        await bus.ensure_stream(Order)
+        server.crash()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, server.restart)
+        ack = await bus.publish(Order(order_id="during"))
+        await wait_until(lambda: bus.nc.is_connected)
+        info = await bus.js.stream_info(ack.stream)
+        assert info.state.messages == 1
+
+
+async def test_worker_without_reconnect_hook_resumes_via_heartbeats(server, Order):
+    """A bus wrapped around your own connection: lost pull requests are noticed by missing heartbeats."""
+    import buslib
+
+    got: list[str] = []
+
+    async def handle(event, ctx):
+        got.append(event.order_id)
+
+    nc = await buslib.connect(server.url)
+    bus = EventBus(nc, service="own-connection")
+    try:
+        sub = await bus.subscribe(Order, group="billing", handler=handle, pull_expires=3)
+        server.restart()
+        await wait_until(lambda: nc.is_connected, what="reconnect")
+        await bus.publish(Order(order_id="after"))
+        await wait_until(lambda: got == ["after"], timeout=20, what="consuming after the restart")
+        assert sub.stats.rebinds >= 1
+    finally:
+        await bus.close()
+        await nc.close()
