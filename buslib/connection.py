@@ -17,14 +17,19 @@ of services does not hammer a restarting server in lockstep.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import random
+import re
+import socket
 import threading
+from collections import deque
 from typing import Any
 from urllib.parse import urlparse
 
 import nats
+import nats.errors
 from nats.aio.client import Client, Server
 
 from buslib.errors import ConnectError
@@ -40,12 +45,18 @@ _shared_lock = threading.Lock()
 
 
 def embedded_server() -> EmbeddedServer:
-    """The process's shared embedded server, started on first call (and stopped at exit)."""
+    """The process's shared embedded server, started on first call (and stopped at exit).
+
+    If that server died (killed by the OS, a crash demo), it is started again on the same
+    ports and store, so existing connections reconnect by themselves.
+    """
     global _shared
     with _shared_lock:
-        if _shared is None or not _shared.running:
+        if _shared is None:
             _shared = EmbeddedServer().start()
             atexit.register(_shared.stop)
+        elif not _shared.running:
+            _shared.start()
         return _shared
 
 
@@ -68,21 +79,31 @@ nats_url = ensure_server
 def check_url(url: str) -> str:
     """Validate a NATS URL such as ``nats://localhost:4222``; return it unchanged.
 
+    A comma-separated list (``nats://a:4222,nats://b:4222``, as the ``nats`` CLI accepts in
+    ``NATS_URL``) is checked entry by entry.
+
     Raises:
         ConnectError: the URL cannot be a NATS server address.
     """
-    parsed = urlparse(url if "://" in url else f"nats://{url}")
-    try:
-        port = parsed.port
-    except ValueError:
-        port = -1
-    if parsed.scheme not in _SCHEMES or not parsed.hostname or port == -1:
-        raise ConnectError(
-            f"{url!r} is not a valid NATS URL. Expected something like nats://localhost:4222 "
-            f"(scheme one of {', '.join(sorted(_SCHEMES))}, then host and optional port). "
-            f"Check {URL_ENV} or the url you passed."
-        )
+    for entry in url.split(","):
+        entry = entry.strip()
+        parsed = urlparse(entry if "://" in entry else f"nats://{entry}")
+        try:
+            port = parsed.port
+        except ValueError:  # not a number, or out of range
+            port = -1
+        if parsed.scheme not in _SCHEMES or not parsed.hostname or port == -1:
+            raise ConnectError(
+                f"{redact(url)!r} is not a valid NATS URL. Expected something like nats://localhost:4222 "
+                f"(scheme one of {', '.join(sorted(_SCHEMES))}, then host and optional port). "
+                f"Check {URL_ENV} or the url you passed."
+            )
     return url
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print in an error."""
+    return re.sub(r"(://[^:/@,]*:)[^@/,]*@", r"\1***@", url)
 
 
 def reconnect_delay(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
@@ -103,7 +124,7 @@ async def connect(
     url: str | None = None,
     *,
     name: str | None = None,
-    connect_timeout: float = 2.0,
+    connect_timeout: float = 1.5,
     require_jetstream: bool = True,
     **options: Any,
 ) -> Client:
@@ -112,7 +133,8 @@ async def connect(
     Args:
         url: the server; defaults to ``ensure_server()`` (``NATS_URL`` or the embedded one).
         name: a connection name shown in the server's monitoring.
-        connect_timeout: seconds per connection attempt (two attempts are made).
+        connect_timeout: seconds per connection attempt; two attempts are made, and the whole
+            first connect gives up after ``2 * connect_timeout + 1`` seconds (4 s by default).
         require_jetstream: raise if the server has JetStream disabled.
         **options: passed to ``nats.connect`` (callbacks, credentials, ...).
 
@@ -123,24 +145,37 @@ async def connect(
         ConnectError: the URL is malformed, nothing answered, or JetStream is off.
     """
     url = check_url(url) if url else ensure_server()
+    problems: deque[BaseException] = deque(maxlen=1)  # the last thing that went wrong, for the message
+    user_error_cb = options.pop("error_cb", None)
+
+    async def on_error(err: BaseException) -> None:
+        problems.append(err)
+        if user_error_cb is not None:
+            await user_error_cb(err)
+
     settings: dict[str, Any] = {
-        "servers": [url],
+        "servers": [entry.strip() for entry in url.split(",")],
         "name": name,
         "connect_timeout": connect_timeout,
         "max_reconnect_attempts": 1,  # the first connect: one retry, then a clear error
         "reconnect_time_wait": 0.1,
         "reconnect_to_server_handler": _backoff_handler,
-        "error_cb": _quiet,
+        "error_cb": on_error,
         "disconnected_cb": _quiet,
         "reconnected_cb": _quiet,
         "closed_cb": _quiet,
     }
     settings.update(options)
+    nc = Client()
     try:
-        nc = await nats.connect(**settings)
-    except Exception as err:  # NoServersError, OSError, TimeoutError: all mean the same here
+        # Each handshake step has its own timeout in nats-py (TCP, INFO, TLS, PONG); a server
+        # slow at several of them could add up past the promise, so bound the whole.
+        await asyncio.wait_for(nc.connect(**settings), timeout=2 * connect_timeout + 1)
+    except (OSError, asyncio.TimeoutError, nats.errors.Error) as err:  # NoServersError is a nats.errors.Error
+        await nc.close()  # a half-open socket from an interrupted handshake
+        cause = err if isinstance(err, asyncio.TimeoutError) else problems[-1] if problems else err
         raise ConnectError(
-            f"Could not connect to a NATS server at {url} ({type(err).__name__}: {err or 'no answer'}).\n"
+            f"Could not connect to a NATS server at {redact(url)} ({_describe(cause)}).\n"
             "What to try: is the server running? `buslib doctor` checks your setup; "
             "`buslib server` starts a local one; `docker compose up -d` starts one in Docker. "
             f"If {URL_ENV} is set, check it (unset it to use the embedded server)."
@@ -149,11 +184,21 @@ async def connect(
     if require_jetstream and not nc._server_info.get("jetstream"):
         await nc.close()
         raise ConnectError(
-            f"The NATS server at {url} has JetStream disabled, and the kit needs it to store messages.\n"
+            f"The NATS server at {redact(url)} has JetStream disabled, and the kit needs it to store messages.\n"
             "Start the server with JetStream (nats-server -js, or `jetstream {}` in its config), "
             f"or unset {URL_ENV} to use the embedded server."
         )
     return nc
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, asyncio.TimeoutError):
+        return "no answer in time: nothing listening, a firewall, or not a NATS server"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    if isinstance(err, socket.gaierror):
+        return f"unknown host ({err.strerror}): check the host name's spelling"
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 async def _quiet(*_: Any) -> None:

@@ -15,6 +15,7 @@ known root; a start removes the stores of owners that are gone.
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from types import TracebackType
 
 from buslib.errors import ServerError
 
-__all__ = ["EmbeddedServer", "find_server_binary", "temp_store_root"]
+__all__ = ["EmbeddedServer", "find_server_binary", "pid_alive", "remove_dead_owners_stores", "temp_store_root"]
 
 BINARY_ENV = "BUSLIB_NATS_SERVER"
 _EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
@@ -78,7 +79,10 @@ def find_server_binary() -> Path:
 
 def temp_store_root() -> Path:
     """The one folder under which every temporary store lives (cleaned of dead owners)."""
-    user = os.environ.get("USER") or os.environ.get("USERNAME") or "user"
+    try:
+        user = getpass.getuser()  # env vars, then the password database; one root per user
+    except Exception:  # no user name at all (some containers): still one stable root
+        user = "user"
     return Path(tempfile.gettempdir()) / f"buslib-{user}"
 
 
@@ -93,6 +97,8 @@ class EmbeddedServer:
         max_memory_store / max_file_store: JetStream limits sized for a laptop.
         ready_timeout: seconds to wait for "Server is ready".
         binary: the nats-server to run; found with ``find_server_binary()`` when omitted.
+        jetstream: enable JetStream (the default); ``False`` gives a core-NATS-only server,
+            used to show and test what happens when JetStream is off.
     """
 
     def __init__(
@@ -105,12 +111,14 @@ class EmbeddedServer:
         max_file_store: str = "1GB",
         ready_timeout: float = 10.0,
         binary: str | Path | None = None,
+        jetstream: bool = True,
     ) -> None:
         self.port = port
         self.monitor_port = monitor_port
         self.max_memory_store = max_memory_store
         self.max_file_store = max_file_store
         self.ready_timeout = ready_timeout
+        self.jetstream = jetstream
         self._binary = Path(binary) if binary else None
         self._temporary = store_dir is None
         self._store_dir = Path(store_dir).expanduser().resolve() if store_dir else None
@@ -165,29 +173,48 @@ class EmbeddedServer:
         """
         if self.running:
             return self
+        self._end_process(graceful=False, timeout=1.0)  # a server that died by itself: reap and unguard it
         binary = self._binary or find_server_binary()
-        if self._workdir is None:
+        fresh = self._workdir is None
+        if fresh:
             self._workdir = self._prepare_workdir()
-        store = self.store_dir
+        if not self._temporary:
+            _claim_store(self._workdir, self)
+        try:
+            self._launch(binary)
+        except ServerError:
+            if fresh and self._temporary:  # nothing worth keeping in a store that never started
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+            elif not self._temporary:
+                _release_store(self._workdir, self)
+            raise
+        return self
+
+    def _launch(self, binary: Path) -> None:
+        assert self._workdir is not None
         config = self._workdir / "nats-server.conf"
-        config.write_text(
-            f'listen: "127.0.0.1:{self.port or -1}"\n'
-            f'http: "127.0.0.1:{self.monitor_port or -1}"\n'
-            f"jetstream {{\n  store_dir: {_quote(store)}\n"
-            f"  max_memory_store: {self.max_memory_store}\n  max_file_store: {self.max_file_store}\n}}\n"
-        )
+        text = f'listen: "127.0.0.1:{self.port or -1}"\nhttp: "127.0.0.1:{self.monitor_port or -1}"\n'
+        if self.jetstream:
+            text += (
+                f"jetstream {{\n  store_dir: {_quote(self.store_dir)}\n"
+                f"  max_memory_store: {self.max_memory_store}\n  max_file_store: {self.max_file_store}\n}}\n"
+            )
+        config.write_text(text)
         log = self.log_path
         log.write_text("")
-        self._proc = subprocess.Popen(
-            [str(binary), "-c", str(config), "-l", str(log)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            **_new_process_group(),
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [str(binary), "-c", str(config), "-l", str(log)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                **_new_process_group(),
+            )
+        except OSError as err:  # not executable, wrong CPU architecture, deleted meanwhile
+            raise ServerError(f"Could not run {binary} ({err.strerror or err}).\n{HOW_TO_GET_A_SERVER}") from None
         _watchdog().guard(self._proc.pid, self._workdir if self._temporary else None)
         self._wait_until_ready(log)
-        return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (terminate, wait, then kill) and remove a temporary store."""
@@ -195,6 +222,8 @@ class EmbeddedServer:
         if self._temporary and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+        elif self._workdir is not None:
+            _release_store(self._workdir, self)
 
     def restart(self) -> EmbeddedServer:
         """Stop gracefully and start again on the same ports and the same store."""
@@ -202,7 +231,7 @@ class EmbeddedServer:
         return self.start()
 
     def crash(self) -> None:
-        """Kill the server with SIGKILL, as a power cut would; ``restart()`` brings it back.
+        """Kill the server with SIGKILL, as a crash of the server process would; ``restart()`` brings it back.
 
         The store is kept, so a lesson can show which acknowledged messages survived.
         """
@@ -232,10 +261,17 @@ class EmbeddedServer:
     def _prepare_workdir(self) -> Path:
         if self._temporary:
             root = temp_store_root()
-            root.mkdir(parents=True, exist_ok=True)
-            remove_dead_owners_stores(root)
-            workdir = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            workdir.mkdir()
+            try:
+                root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private to this user
+                remove_dead_owners_stores(root)
+                workdir = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                workdir.mkdir()
+            except OSError as err:
+                raise ServerError(
+                    f"Cannot create a temporary store under {root} ({err.strerror or err}).\n"
+                    "Free some disk space or fix the folder's permissions, or pass store_dir=... "
+                    "(a folder you can write to)."
+                ) from None
             return workdir
         assert self._store_dir is not None
         try:
@@ -263,15 +299,15 @@ class EmbeddedServer:
                 self.version = _search(_VERSION_RE, text)
                 return
             if self._proc.poll() is not None:
-                self._proc = None
-                raise ServerError(_explain_failed_start(text, self.port))
+                self._end_process(graceful=False, timeout=1.0)  # reap it and tell the watchdog
+                raise ServerError(_explain_failed_start(log.read_text(errors="replace")))
             if time.monotonic() > deadline:
                 self._end_process(graceful=False, timeout=2)
                 raise ServerError(
                     f"nats-server did not report ready within {self.ready_timeout:.0f} s. Its log ({log}):\n{_tail(text)}"
                 )
             time.sleep(delay)  # polling the log, not waiting blindly: ready in ~15 ms
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.01)
 
     def _end_process(self, *, graceful: bool, timeout: float) -> None:
         proc, self._proc = self._proc, None
@@ -290,6 +326,41 @@ class EmbeddedServer:
         _watchdog().release(proc.pid)
 
 
+# One server per persistent store: two nats-servers writing one JetStream store corrupt it,
+# and nats-server itself does not refuse. The owner's pid goes into a file in the store
+# (a dead owner's claim is stale), and this process remembers which object holds which store.
+_OWNER_FILE = ".buslib-owner"
+_CLAIMED: dict[Path, int] = {}
+
+
+def _claim_store(store: Path, server: EmbeddedServer) -> None:
+    holder = _CLAIMED.get(store)
+    if holder is not None and holder != id(server):
+        raise ServerError(
+            f"The store folder {store} is already used by another EmbeddedServer in this program. "
+            "Two servers on one store would corrupt it: stop() the other one first, or restart() it."
+        )
+    owner_file = store / _OWNER_FILE
+    try:
+        owner = int(owner_file.read_text().strip() or 0)
+    except (OSError, ValueError):
+        owner = 0
+    if owner and owner != os.getpid() and pid_alive(owner):
+        raise ServerError(
+            f"The store folder {store} is in use by a server of another program (process {owner}, "
+            "maybe `buslib server` in another terminal). Two servers on one store would corrupt it: "
+            "stop that one, or choose another store folder."
+        )
+    owner_file.write_text(str(os.getpid()))
+    _CLAIMED[store] = id(server)
+
+
+def _release_store(store: Path, server: EmbeddedServer) -> None:
+    if _CLAIMED.get(store) == id(server):
+        del _CLAIMED[store]
+        (store / _OWNER_FILE).unlink(missing_ok=True)
+
+
 def _quote(path: Path) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -305,13 +376,20 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _explain_failed_start(log_text: str, port: int) -> str:
+def _explain_failed_start(log_text: str) -> str:
     errors = [line for line in log_text.splitlines() if "[ERR]" in line or "[FTL]" in line] or log_text.splitlines()[-5:]
+    if not errors:
+        return f"nats-server exited while starting and wrote nothing to its log: is it really nats-server?\n{HOW_TO_GET_A_SERVER}"
     message = "nats-server exited while starting. It said:\n  " + "\n  ".join(errors)
-    if "address already in use" in log_text:
+    # "address already in use" on Linux/macOS, "...is normally permitted" on Windows
+    taken = next((line for line in errors if "already in use" in line or "normally permitted" in line), None)
+    if taken:
+        which, option = ("monitoring port", "monitor_port") if "monitor" in taken else ("client port", "port")
+        port = re.search(r"127\.0\.0\.1:(\d+)", taken)
         message += (
-            f"\nPort {port} is already taken by another program (maybe another nats-server). "
-            "Use port=0 to pick a free port, or stop the other program."
+            f"\nThe {which} {port.group(1) if port else ''} is already taken by another program (maybe another "
+            "nats-server, `buslib server` or docker compose). "
+            f"Stop that program, or use {option}=0 (buslib server: --{option.replace('_', '-')} 0) to pick a free port."
         )
     return message
 
@@ -342,7 +420,13 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie (dead, not yet reaped by its parent) still answers kill(pid, 0). Linux
+    # shows its state in /proc; elsewhere (macOS) there is no cheap way, so it counts as alive.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def remove_dead_owners_stores(root: Path) -> list[Path]:

@@ -1,0 +1,67 @@
+# JetStream Bus Lab
+#   make lab    set up .venv, then open JupyterLab on lesson 00 (embedded server, or $NATS_URL)
+#   make test   set up .venv, then run every test: unit, integration, browser, notebooks, lint
+# Needs only Python 3.10+ and GNU make (Linux, macOS). Windows: see README.md.
+
+PYTHON   ?= python3
+PORT     ?= 8888
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+# Lessons and exercise solutions run under nbval; an absent folder just adds nothing.
+NOTEBOOKS = $(wildcard notebooks/*.ipynb exercises/solutions/*.ipynb)
+# Jupyter refuses to run as root unless told; only say so when we are root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup lab test bench clean distclean
+
+help:  ## show this list
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  options: PYTHON=$(PYTHON) PORT=$(PORT) LAB_ARGS=--no-browser PYTEST_ARGS='-x -k server'"
+	@echo "  NATS_URL=nats://host:4222 make lab   uses that server instead of the embedded one"
+
+# The venv, made once with a Python that is new enough.
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "error: JetStream Bus Lab needs Python 3.10 or newer, but '$(PYTHON)' is" \
+	       "$$($(PYTHON) --version 2>&1 || echo 'not installed')." >&2; \
+	  echo "  Install Python 3.10+ and run, e.g.: make lab PYTHON=python3.12" >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "error: '$(PYTHON) -m venv' failed. On Debian/Ubuntu: sudo apt install python3-venv" >&2; exit 1; }
+
+# The kit and its test tools, reinstalled only when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "Installing the kit into $(VENV) (the first time takes a few minutes)..."
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# No "Would you like to get notified about Jupyter news?" popup for learners:
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
+	@touch $@
+
+setup: $(STAMP)  ## create or update .venv (make lab and make test do it for you)
+
+lab: setup  ## open JupyterLab on lesson 00 (PORT=8888, LAB_ARGS=--no-browser)
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(PORT) $(ALLOW_ROOT) \
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb $(LAB_ARGS)
+
+test: setup  ## lint, every test (browser and notebooks included), contracts check
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
+	@# --- contracts: the CI gate, fails when a contract changed incompatibly with contracts/ ---
+	$(BIN)/buslib contracts check
+
+bench: setup  ## measure: server start time, then bus throughput
+	$(BIN)/python benchmarks/bench_server_start.py
+	$(BIN)/python benchmarks/bench_bus.py
+
+clean:  ## remove caches and test artifacts (keeps .venv and your .buslib/ store)
+	rm -rf .pytest_cache .ruff_cache test-artifacts .jupyter-runtime build dist *.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean  ## also remove .venv (the next make reinstalls)
+	rm -rf $(VENV)
