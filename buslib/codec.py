@@ -11,6 +11,8 @@ The payload is the event's JSON (``version`` inside, as the seed article asks). 
 travels as CloudEvents headers in binary content mode (``ce-id``, ``ce-type``,
 ``ce-dataschema``, ...), so any tool can route on them without parsing the payload. The
 codec also sets ``Nats-Msg-Id`` (JetStream's dedup key); the bus adds ``traceparent``.
+The optional CloudEvents ``time`` and ``datacontenttype`` are left out: ``occurred_at`` is
+in every payload and every payload is JSON (docs/contracts.md says why).
 
 Versions: :func:`encode` also emits the older forms of an event whose contract declares a
 down-converter (dual publishing); :func:`decode` reads an older version through upcasters.
@@ -31,7 +33,7 @@ from buslib.events import Event
 
 __all__ = ["Outgoing", "encode", "decode", "message_version", "CONTENT_TYPE", "MSG_ID", "VERSION_HEADER"]
 
-CONTENT_TYPE = "application/json"
+CONTENT_TYPE = "application/json"  # of every payload (AsyncAPI says so; not sent as a header)
 MSG_ID = "Nats-Msg-Id"
 VERSION_HEADER = "Bus-Event-Version"
 DOWNCAST_HEADER = "Bus-Downcast-From"
@@ -49,15 +51,15 @@ class Outgoing:
 
 def _outgoing(event: Event, source: str, msg_id: str) -> Outgoing:
     cls = type(event)
+    # CloudEvents requires id, source, specversion and type. Not sent: `time` (a copy of the
+    # payload's occurred_at) and `datacontenttype` (Content-Type; always application/json).
     headers = {
         "ce-specversion": "1.0",
         "ce-id": event.id,
         "ce-source": source,
         "ce-type": cls.event_type,
-        "ce-time": event.occurred_at.isoformat(),
         "ce-dataschema": dataschema(cls),
         VERSION_HEADER: str(cls.event_version),
-        "Content-Type": CONTENT_TYPE,
         MSG_ID: msg_id,
     }
     return Outgoing(cls.subject(), event.to_json(), headers, event)

@@ -11,10 +11,11 @@ from typing import Any
 from buslib import Event
 
 
-def make_event(type_name: str, class_name: str = "Order", **fields: Any) -> type[Event]:
+def make_event(type_name: str, class_name: str = "Order", *, event_version: int = 1, **fields: Any) -> type[Event]:
     """An Event subclass with its own type name (so each test owns its subject and stream)."""
     namespace = {"__annotations__": fields or {"order_id": str}, "__module__": __name__}
-    return types.new_class(class_name, (Event,), {"type": type_name}, lambda ns: ns.update(namespace))
+    kwds = {"type": type_name, "version": event_version}
+    return types.new_class(class_name, (Event,), kwds, lambda ns: ns.update(namespace))
 
 
 async def wait_until(predicate: Callable[[], bool], *, timeout: float = 15.0, what: str = "condition") -> float:

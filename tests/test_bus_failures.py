@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -173,3 +174,78 @@ async def test_a_failing_sink_does_not_lose_the_message(bus, Order, stream):
     assert attempts == [1, 2]  # nak'ed after the sink failed, so it came back
     assert sub.stats.sink_errors == 1 and sub.stats.dead_lettered == 1
     assert await consumer_settled(bus, stream, durable_name("billing", Order.subject()))
+
+
+async def test_a_strict_subscriber_dead_letters_unknown_fields_a_tolerant_one_accepts_them(bus, Order, stream):
+    strict_got, tolerant_got, failures = [], [], []
+
+    async def sink(failure):
+        failures.append(failure)
+
+    async def to(target):
+        async def handle(event, ctx):
+            target.append(event.order_id)
+
+        return handle
+
+    strict = await bus.subscribe(Order, group="strict", handler=await to(strict_got), strict=True, dead_letters=sink)
+    await bus.subscribe(Order, group="tolerant", handler=await to(tolerant_got), dead_letters=sink)
+    payload = Order(order_id="X-1").model_dump(mode="json") | {"coupon": "NEW-FIELD"}  # a producer added a field
+    await bus.js.publish(Order.subject(), json.dumps(payload).encode())
+    await bus.publish(Order(order_id="X-2"))
+    await wait_until(lambda: len(tolerant_got) == 2 and strict_got and failures, what="both groups")
+    await asyncio.sleep(0.2)
+    assert tolerant_got == ["X-1", "X-2"] and strict_got == ["X-2"]
+    [failure] = failures
+    assert (failure.kind, failure.group) == ("undecodable", "strict")
+    assert (
+        failure.reason.startswith("DecodeError: ") and "strict reader" in failure.reason and "coupon" in failure.reason
+    )
+    assert strict.stats.undecodable == 1 and strict.stats.acked == 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])  # the handler runs in nats-py's task, or in a worker of ours
+async def test_a_stuck_handler_is_cancelled_after_handler_timeout_and_retried(bus, Order, stream, concurrency):
+    deliveries, cancelled, failures = [], [], []
+
+    async def stuck(event, ctx):
+        deliveries.append(ctx.num_delivered)
+        if event.order_id != "H-1":
+            return
+        try:
+            await asyncio.Event().wait()  # never returns on its own
+        except asyncio.CancelledError:
+            cancelled.append(ctx.num_delivered)
+            raise
+
+    async def sink(failure):
+        failures.append(failure)
+
+    sub = await bus.subscribe(
+        Order,
+        group="billing",
+        handler=stuck,
+        handler_timeout=0.5,
+        concurrency=concurrency,
+        retry=Retry(max_deliver=2, delays=[0.1], jitter=0),
+        dead_letters=sink,
+    )
+    await bus.publish(Order(order_id="H-1"))
+    await wait_until(lambda: failures, what="the timed-out message to be dead-lettered")
+    assert deliveries == cancelled == [1, 2]  # retried once after the first timeout, cancelled both times
+    [failure] = failures
+    assert failure.kind == "exhausted"
+    assert failure.reason.startswith("TimeoutError: the handler did not finish within handler_timeout=0.5 s")
+    assert sub.stats.retried == 1 and sub.running
+    assert await consumer_settled(bus, stream, sub.durable)
+    await bus.publish(Order(order_id="H-2"))  # the cancelled task still works: it handles the next one
+    await wait_until(lambda: sub.stats.acked == 1, what="the next message handled")
+
+
+async def test_handler_timeout_must_be_positive(bus, Order):
+    async def handle(event, ctx):
+        pass
+
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="handler_timeout is in seconds"):
+            await bus.subscribe(Order, group="g", handler=handle, handler_timeout=bad)

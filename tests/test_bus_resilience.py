@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from _bus_helpers import make_event, wait_until
@@ -66,3 +67,32 @@ async def test_worker_without_reconnect_hook_resumes_via_heartbeats(server, Orde
     finally:
         await bus.close()
         await nc.close()
+
+
+async def test_deleting_the_stream_under_a_subscription_warns_once_then_resumes_when_it_is_back(
+    nats_url, Order, caplog
+):
+    got: list[str] = []
+
+    async def handle(event, ctx):
+        got.append(event.order_id)
+
+    async with EventBus.connect(service="orphaned", url=nats_url) as bus:
+        stream = (await bus.ensure_stream(Order)).config.name
+        sub = await bus.subscribe(Order, group="billing", handler=handle, pull_expires=3)
+        await bus.publish(Order(order_id="before"))
+        await wait_until(lambda: got == ["before"])
+        with caplog.at_level(logging.INFO, logger="buslib"):
+            await bus.js.delete_stream(stream)
+            await wait_until(lambda: any("no longer exists" in r.getMessage() for r in caplog.records), what="warning")
+            await asyncio.sleep(6)  # several re-bind attempts
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1, warnings  # one clear warning, then quiet
+            assert f"stream {stream} no longer exists" in warnings[0] and "stop()" in warnings[0]
+            assert sub.running
+            await bus.ensure_stream(Order)  # it comes back: the group resumes from the new stream
+            await bus.publish(Order(order_id="after"))
+            await wait_until(lambda: "after" in got, timeout=20, what="consuming from the re-created stream")
+        assert got == ["before", "after"]
+        assert any("exists again" in r.getMessage() for r in caplog.records)
+        await bus.js.delete_stream(stream)

@@ -293,3 +293,117 @@ async def test_a_handler_can_stop_its_own_subscription(bus, Order, stream, concu
     await wait_until(lambda: holder[0].stopped, what="the subscription to stop")
     assert not holder[0].running
     assert holder[0].stats.acked == 3
+
+
+async def test_a_contract_subscriber_reads_the_older_versions_history_upcast(bus, unique):
+    """subscribe(V2) filters on every subject V2 can read; v1 messages arrive as V2 events."""
+    from buslib.contracts import subjects_readable_by, upcaster
+
+    type_name = f"t{unique.lower()}.parcel.sent"
+    V1 = make_event(type_name, "ParcelV1", weight_kg=float)
+    V2 = make_event(type_name, "ParcelV2", event_version=2, grams=int)
+    stream = (await bus.ensure_stream(V1)).config.name
+    try:
+        old = [V1(weight_kg=1.5), V1(weight_kg=0.25)]
+        for event in old:
+            await bus.publish(event)  # history written before v2 existed
+
+        @upcaster(V1, to=V2)
+        def _(event):
+            return V2(grams=round(event.weight_kg * 1000))
+
+        got: list = []
+
+        async def handle(event, ctx):
+            got.append((type(event), event.id, event.grams))
+
+        sub = await bus.subscribe(V2, group="analytics", handler=handle)
+        new = V2(grams=7)
+        await bus.publish(new)
+        await wait_until(lambda: len(got) == 3, what="the v1 history and the v2 event")
+        assert got == [(V2, old[0].id, 1500), (V2, old[1].id, 250), (V2, new.id, 7)]
+        info = await bus.js.consumer_info(stream, sub.durable)
+        assert sub.durable == durable_name("analytics", V2.subject())  # named as before: by its own subject
+        assert info.config.filter_subjects == subjects_readable_by(V2) == [V1.subject(), V2.subject()]
+        assert sub.subjects == [V1.subject(), V2.subject()]
+    finally:
+        await bus.js.delete_stream(stream)
+
+
+async def test_adding_an_upcaster_to_a_running_group_is_reported_as_drift_with_what_to_do(bus, unique):
+    from buslib.contracts import upcaster
+
+    type_name = f"t{unique.lower()}.parcel.lost"
+    V1 = make_event(type_name, "LostV1", note=str)
+    V2 = make_event(type_name, "LostV2", event_version=2, note=str)
+    stream = (await bus.ensure_stream(V2)).config.name
+
+    async def handle(event, ctx):
+        pass
+
+    try:
+        await (await bus.subscribe(V2, group="audit", handler=handle)).stop()  # v2 only, no upcaster yet
+        upcaster(V1, to=V2)(lambda event: V2(note=event.note))
+        with pytest.raises(ConfigDriftError) as caught:
+            await bus.subscribe(V2, group="audit", handler=handle)
+        message = str(caught.value)
+        assert f"filter_subjects: the server has ['{V2.subject()}'], this code asks for" in message
+        assert "subjects_readable_by" in message and "update=True" in message and "delete_consumer" in message
+        updated = await bus.subscribe(V2, group="audit", handler=handle, update=True)
+        info = await bus.js.consumer_info(stream, updated.durable)
+        assert sorted(info.config.filter_subjects) == [V1.subject(), V2.subject()]
+    finally:
+        await bus.js.delete_stream(stream)
+
+
+async def test_drift_message_says_where_each_wanted_value_comes_from(bus, Order, stream):
+    async def handle(event, ctx):
+        pass
+
+    await (await bus.subscribe(Order, group="billing", handler=handle)).stop()  # defaults: ack_wait 30
+    with pytest.raises(ConfigDriftError) as caught:
+        await bus.subscribe(Order, group="billing", handler=handle, ack_wait=5)
+    message = str(caught.value)
+    assert "ack_wait: the server has 30, this code asks for 5" in message
+    assert "(from subscribe(ack_wait=5); the default is 30 s)" in message
+    # the learner never passed a backoff: the message says it is derived, and from what
+    assert "backoff: the server has None, this code asks for [5, 5, 5, 10]" in message
+    assert "derived, not passed: ack_wait=5 followed by the retry delays [0.5, 2.0, 10.0]" in message
+    assert "pass update=True to subscribe()" in message
+    assert f"await bus.js.delete_consumer({stream!r}, 'billing__{Order.subject().replace('.', '_')}')" in message
+    with pytest.raises(ConfigDriftError, match=r"max_deliver: .*\n.*from retry=Retry\(max_deliver=2\)"):
+        await bus.subscribe(Order, group="billing", handler=handle, retry=Retry(max_deliver=2))
+
+
+@pytest.mark.parametrize("start", ["workers-first", "backlog-first"])
+async def test_a_group_shares_a_backlog_between_its_workers_by_default(nats_url, bus, Order, stream, start):
+    """No worker grabs the backlog: with ~5 ms handlers each of 3 workers gets a real share."""
+    seen: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    total = 150
+
+    async def worker(n: int) -> EventBus:
+        other = await EventBus.connect(service=f"worker-{n}", url=nats_url)
+
+        async def handle(event, ctx: MessageContext) -> None:
+            seen[n].append(event.order_id)
+            await asyncio.sleep(0.005)
+
+        await other.subscribe(Order, group="billing", handler=handle)  # default prefetch
+        return other
+
+    workers = []
+    try:
+        if start == "backlog-first":
+            await bus.publish_many([Order(order_id=str(i)) for i in range(total)])
+        workers = [await worker(n) for n in range(3)]
+        if start == "workers-first":
+            await bus.publish_many([Order(order_id=str(i)) for i in range(total)])
+        await wait_until(lambda: sum(map(len, seen.values())) >= total, timeout=30, what=f"{total} deliveries")
+        await asyncio.sleep(0.3)  # a duplicate would show up now
+    finally:
+        for other in workers:
+            await other.close()
+    everything = [order for orders in seen.values() for order in orders]
+    assert sorted(everything, key=int) == [str(i) for i in range(total)]  # no duplicates, nothing missing
+    shares = sorted(len(orders) for orders in seen.values())
+    assert shares[0] >= 0.15 * total, shares  # e.g. not 146/2/2
