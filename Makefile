@@ -54,6 +54,11 @@ test: setup  ## lint, every test (browser and notebooks included), contracts che
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
 	@# --- contracts: the CI gate, fails when a contract changed incompatibly with contracts/ ---
 	$(BIN)/buslib contracts check
+	@# --- the bus again on nats-server 2.11, the oldest a learner's wheel brings (fallback paths) ---
+	$(BIN)/python tests/old_server.py > $(VENV)/.server-2.11-path
+	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" \
+	  $(BIN)/python -m pytest tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus_failures.py \
+	  tests/test_bus_resilience.py tests/test_tracing.py -q $(PYTEST_ARGS)
 
 bench: setup  ## measure: server start time, then bus throughput
 	$(BIN)/python benchmarks/bench_server_start.py
