@@ -45,6 +45,7 @@ from buslib import advisories
 from buslib.advisories import ADVISORY_STREAM, Advisory, ReconcileResult
 from buslib.errors import BusError, ConfigDriftError
 from buslib.retry import Failure
+from buslib.subjects import subject_matches
 from buslib.tracing import parse_traceparent
 
 __all__ = [
@@ -125,7 +126,7 @@ class DeadLetter:
             raise DeadLetterNotFound(f"Message {seq} is not a dead-letter entry (it has no {_P}Subject header).")
         # Nats-Msg-Id here is the entry's own id; the original's is under Bus-DLQ-Original-.
         original = {k: v for k, v in headers.items() if not k.startswith(_P) and k.lower() != "nats-msg-id"}
-        original.update({k[len(_ORIGINAL):]: v for k, v in headers.items() if k.startswith(_ORIGINAL)})
+        original.update({k[len(_ORIGINAL) :]: v for k, v in headers.items() if k.startswith(_ORIGINAL)})
         get = headers.get
         return cls(
             id=seq,
@@ -375,9 +376,24 @@ class DeadLetterQueue:
                 raise self._missing() from None
             return False
 
-    async def _write(self, *, data: bytes, headers: dict[str, str], subject: str, stream: str, stream_seq: int,
-                     consumer: str, group: str, kind: str, reason: str, num_delivered: int,
-                     trace_id: str | None, first: datetime | None, last: datetime | None, source: str) -> DeadLetter:
+    async def _write(
+        self,
+        *,
+        data: bytes,
+        headers: dict[str, str],
+        subject: str,
+        stream: str,
+        stream_seq: int,
+        consumer: str,
+        group: str,
+        kind: str,
+        reason: str,
+        num_delivered: int,
+        trace_id: str | None,
+        first: datetime | None,
+        last: datetime | None,
+        source: str,
+    ) -> DeadLetter:
         stored = {(_ORIGINAL + k if k.lower().startswith("nats-") else k): str(v) for k, v in headers.items()}
         added = {
             "Subject": subject,
@@ -543,8 +559,9 @@ class DeadLetterQueue:
             raise DeadLetterNotFound(f"Purged {removed}, but these ids are not in {self.stream}: {sorted(missing)}.")
         return removed
 
-    async def _select(self, filters: DeadLetterFilter | None, ids: Iterable[int] | None,
-                      missing: dict[int, str]) -> list[DeadLetter]:
+    async def _select(
+        self, filters: DeadLetterFilter | None, ids: Iterable[int] | None, missing: dict[int, str]
+    ) -> list[DeadLetter]:
         if ids is None:
             return await self.list(filters)
         chosen = []
@@ -573,7 +590,9 @@ def _js_and_nc(bus_or_js: Any) -> tuple[Any, Any]:
         return bus_or_js.js, bus_or_js.nc
     if hasattr(bus_or_js, "publish") and hasattr(bus_or_js, "_nc"):  # a JetStreamContext
         return bus_or_js, bus_or_js._nc
-    raise TypeError(f"DeadLetterQueue needs an EventBus, a nats Client or a JetStream context, not {type(bus_or_js).__name__}.")
+    raise TypeError(
+        f"DeadLetterQueue needs an EventBus, a nats Client or a JetStream context, not {type(bus_or_js).__name__}."
+    )
 
 
 def _headers_of(raw: Any) -> dict[str, str]:
@@ -629,8 +648,10 @@ def _compile_reason(reason: str | None) -> re.Pattern[str] | None:
         try:
             return re.compile(reason[1:-1], re.IGNORECASE)
         except re.error as err:
-            raise FilterError(f"--reason {reason!r} is not a valid regular expression ({err}). "
-                              "Without the surrounding slashes it is matched as plain text.") from None
+            raise FilterError(
+                f"--reason {reason!r} is not a valid regular expression ({err}). "
+                "Without the surrounding slashes it is matched as plain text."
+            ) from None
     return re.compile(re.escape(reason), re.IGNORECASE)
 
 
@@ -643,22 +664,14 @@ def _valid_subject_pattern(pattern: str) -> bool:
     return ">" not in tokens[:-1]
 
 
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` matches one token, a final ``>`` one or more."""
-    want, have = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
-
-
 # -- command line ----------------------------------------------------------------------------
 def add_cli(subparsers: Any) -> None:
     """Add ``buslib dlq ls | show | replay | purge`` to the ``buslib`` command."""
-    dlq = subparsers.add_parser("dlq", help="list, show, replay and purge dead letters",
-                                description="Inspect and operate the dead-letter stream.")
+    dlq = subparsers.add_parser(
+        "dlq",
+        help="list, show, replay and purge dead letters",
+        description="Inspect and operate the dead-letter stream.",
+    )
     dlq.add_argument("--url", help="NATS server (default: $NATS_URL, else an embedded server)")
     dlq.add_argument("--stream", default=DEAD_LETTER_STREAM, help=f"dead-letter stream (default {DEAD_LETTER_STREAM})")
     actions = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
@@ -692,15 +705,20 @@ def add_cli(subparsers: Any) -> None:
 
 def _entry_id(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an entry id: ids are whole numbers >= 1 (see `buslib dlq ls`).")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an entry id: ids are whole numbers >= 1 (see `buslib dlq ls`)."
+        )
     return int(text)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
     try:
         chosen = DeadLetterFilter.parse(
-            subject=getattr(args, "subject", None), reason=getattr(args, "reason", None),
-            since=getattr(args, "since", None), until=getattr(args, "until", None), group=getattr(args, "group", None),
+            subject=getattr(args, "subject", None),
+            reason=getattr(args, "reason", None),
+            since=getattr(args, "since", None),
+            until=getattr(args, "until", None),
+            group=getattr(args, "group", None),
         )
     except FilterError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -719,7 +737,9 @@ async def _cli(args: argparse.Namespace, chosen: DeadLetterFilter) -> int:
             try:
                 rows = await dlq.list(chosen)
             except DeadLetterNotFound:
-                print(f"No dead letters: there is no stream {args.stream} on this server yet (nothing has failed here).")
+                print(
+                    f"No dead letters: there is no stream {args.stream} on this server yet (nothing has failed here)."
+                )
                 return 0
             if args.json:
                 for entry in rows:
@@ -729,21 +749,29 @@ async def _cli(args: argparse.Namespace, chosen: DeadLetterFilter) -> int:
         elif command == "show":
             entry = await dlq.get(args.id)
             if args.json:
-                print(json.dumps({**entry.summary(), "headers": entry.headers,
-                                  "data": entry.data.decode("utf-8", "replace")}, indent=2))
+                print(
+                    json.dumps(
+                        {**entry.summary(), "headers": entry.headers, "data": entry.data.decode("utf-8", "replace")},
+                        indent=2,
+                    )
+                )
             else:
                 _print_entry(entry)
         elif command == "replay":
             result = await dlq.replay(chosen, ids=args.ids or None)
-            print(f"replayed {len(result.replayed)} ({len(result.duplicates)} already there from an earlier replay), "
-                  f"failed {len(result.failed)}")
+            print(
+                f"replayed {len(result.replayed)} ({len(result.duplicates)} already there from an earlier replay), "
+                f"failed {len(result.failed)}"
+            )
             for entry_id, why in sorted(result.failed.items()):
                 print(f"  {entry_id}: {why}", file=sys.stderr)
             return 1 if result.failed else 0
         else:
             if not args.ids and chosen.empty and not args.all:
-                print("error: purge deletes entries for good: give ids, a filter, or --all. Nothing was deleted.",
-                      file=sys.stderr)
+                print(
+                    "error: purge deletes entries for good: give ids, a filter, or --all. Nothing was deleted.",
+                    file=sys.stderr,
+                )
                 return 2
             removed = await dlq.purge(chosen, ids=args.ids or None, everything=True)
             print(f"purged {len(removed)}: {' '.join(map(str, removed))}".rstrip(": "))
@@ -774,5 +802,3 @@ def _print_entry(entry: DeadLetter) -> None:
     for key, value in entry.headers.items():
         print(f"{'':>19}{key}: {value}")
     print(f"{'data':>17}: {entry.data.decode('utf-8', 'replace')}")
-
-

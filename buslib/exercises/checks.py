@@ -22,19 +22,9 @@ from typing import Any
 from nats.js.errors import NotFoundError
 
 from buslib.exercises.core import Check, Context, Fail, _short
+from buslib.subjects import subject_matches
 
 __all__ = ["StreamHas", "MessagesStored", "MessageAt", "ConsumerConfigIs", "subject_matches"]
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """Whether a NATS subject filter (with ``*`` and ``>``) matches a concrete subject."""
-    want, got = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(got) > i
-        if i >= len(got) or (token != "*" and token != got[i]):
-            return False
-    return len(want) == len(got)
 
 
 def _json_object(data: bytes | None) -> dict[str, Any]:
@@ -66,7 +56,11 @@ def _same(actual: Any, expected: Any) -> bool:
     if isinstance(expected, float) or isinstance(actual, float):
         return actual is not None and math.isclose(float(actual), float(expected), rel_tol=1e-6, abs_tol=1e-6)
     if isinstance(expected, Sequence) and not isinstance(expected, str):
-        return actual is not None and len(actual) == len(expected) and all(_same(a, e) for a, e in zip(actual, expected, strict=True))
+        return (
+            actual is not None
+            and len(actual) == len(expected)
+            and all(_same(a, e) for a, e in zip(actual, expected, strict=True))
+        )
     return actual == expected
 
 
@@ -75,7 +69,9 @@ async def _stream_info(ctx: Context, stream: str, subjects_filter: str | None = 
     try:
         return await js.stream_info(stream, subjects_filter=subjects_filter)
     except NotFoundError:
-        raise Fail(f"There is no stream named {stream!r} on the server. Run the cell that creates it, then check again.") from None
+        raise Fail(
+            f"There is no stream named {stream!r} on the server. Run the cell that creates it, then check again."
+        ) from None
 
 
 @dataclass
@@ -95,8 +91,15 @@ class StreamHas(Check):
     min_duplicate_window: float | None = None
     limits: Mapping[str, Any] = field(default_factory=dict)
 
-    def __init__(self, stream: str, *, covers: Sequence[str] = (), storage: str | None = None,
-                 min_duplicate_window: float | None = None, **limits: Any) -> None:
+    def __init__(
+        self,
+        stream: str,
+        *,
+        covers: Sequence[str] = (),
+        storage: str | None = None,
+        min_duplicate_window: float | None = None,
+        **limits: Any,
+    ) -> None:
         self.stream, self.covers, self.storage = stream, tuple(covers), storage
         self.min_duplicate_window, self.limits = min_duplicate_window, limits
 
@@ -105,13 +108,17 @@ class StreamHas(Check):
         filters = config.subjects or []
         for subject in self.covers:
             if not any(subject_matches(f, subject) for f in filters):
-                raise Fail(f"Stream {self.stream} captures {filters}, which does not cover {subject!r}. "
-                           f"Add a subject filter that matches it (e.g. a wildcard).")
+                raise Fail(
+                    f"Stream {self.stream} captures {filters}, which does not cover {subject!r}. "
+                    f"Add a subject filter that matches it (e.g. a wildcard)."
+                )
         if self.storage is not None and _plain(config.storage) != self.storage:
             raise Fail(f"Stream {self.stream} uses storage={_plain(config.storage)!r}; expected {self.storage!r}.")
         if self.min_duplicate_window is not None and (config.duplicate_window or 0) < self.min_duplicate_window:
-            raise Fail(f"Stream {self.stream} has duplicate_window={config.duplicate_window} s; expected at least "
-                       f"{self.min_duplicate_window} s so retried publishes are recognised as duplicates.")
+            raise Fail(
+                f"Stream {self.stream} has duplicate_window={config.duplicate_window} s; expected at least "
+                f"{self.min_duplicate_window} s so retried publishes are recognised as duplicates."
+            )
         for name, expected in self.limits.items():
             actual = getattr(config, name)
             if not _same(actual, expected):
@@ -142,8 +149,10 @@ class MessagesStored(Check):
         if actual != self.count:
             raise Fail(f"The {where} holds {actual} message(s); expected {self.count}.")
         if self.first_seq is not None and info.state.first_seq != self.first_seq:
-            raise Fail(f"The oldest message in stream {self.stream} has sequence {info.state.first_seq}; expected "
-                       f"{self.first_seq} (the {self.first_seq - 1} oldest removed by the limit).")
+            raise Fail(
+                f"The oldest message in stream {self.stream} has sequence {info.state.first_seq}; expected "
+                f"{self.first_seq} (the {self.first_seq - 1} oldest removed by the limit)."
+            )
 
 
 @dataclass
@@ -165,7 +174,9 @@ class MessageAt(Check):
         except NotFoundError:
             raise Fail(f"Stream {self.stream} has no message with sequence {self.seq}.") from None
         if self.subject is not None and msg.subject != self.subject:
-            raise Fail(f"Message {self.seq} in {self.stream} was published on {msg.subject!r}; expected {self.subject!r}.")
+            raise Fail(
+                f"Message {self.seq} in {self.stream} was published on {msg.subject!r}; expected {self.subject!r}."
+            )
         if self.data is not None and msg.data != self.data:
             raise Fail(f"Message {self.seq} in {self.stream} holds {msg.data!r}; expected {self.data!r}.")
         for name, expected in self.headers.items():
@@ -176,8 +187,10 @@ class MessageAt(Check):
             payload = _json_object(msg.data)
             for name, expected in self.json_fields.items():
                 if payload.get(name) != expected:
-                    raise Fail(f"Message {self.seq} in {self.stream} has {name}={payload.get(name)!r} in its JSON "
-                               f"payload; expected {expected!r}.")
+                    raise Fail(
+                        f"Message {self.seq} in {self.stream} has {name}={payload.get(name)!r} in its JSON "
+                        f"payload; expected {expected!r}."
+                    )
 
 
 @dataclass
@@ -200,13 +213,17 @@ class ConsumerConfigIs(Check):
         try:
             config = (await js.consumer_info(self.stream, self.durable)).config
         except NotFoundError:
-            raise Fail(f"Stream {self.stream} has no consumer named {self.durable!r}. "
-                       "Create it (subscribing with that durable/group name creates it), then check again.") from None
+            raise Fail(
+                f"Stream {self.stream} has no consumer named {self.durable!r}. "
+                "Create it (subscribing with that durable/group name creates it), then check again."
+            ) from None
         for name, expected in self.expected.items():
             actual = getattr(config, name)
             if not _same(actual, expected):
-                raise Fail(f"Consumer {self.durable} on {self.stream} has {name}={_plain(actual)!r}; "
-                           f"expected {name}={_plain(expected)!r}.")
+                raise Fail(
+                    f"Consumer {self.durable} on {self.stream} has {name}={_plain(actual)!r}; "
+                    f"expected {name}={_plain(expected)!r}."
+                )
 
 
 @dataclass
@@ -230,20 +247,28 @@ class CallsStoreOnce(Check):
             try:
                 await self.publish(js, key, b'{"check": true}')
             except Exception as err:
-                raise Fail(f"Calling {self.name}(js, {key!r}, data) raised {type(err).__name__}: {err}. It must publish "
-                           "with the `js` it receives as first argument (the checker passes its own connection; "
-                           "a global one from the notebook is busy while the check runs).") from None
+                raise Fail(
+                    f"Calling {self.name}(js, {key!r}, data) raised {type(err).__name__}: {err}. It must publish "
+                    "with the `js` it receives as first argument (the checker passes its own connection; "
+                    "a global one from the notebook is busy while the check runs)."
+                ) from None
         stored = (await _stream_info(ctx, self.stream)).state.last_seq - before
         if stored == 3:
-            raise Fail(f"Calling {self.name} twice with the same key {first!r} stored 2 messages in {self.stream}; "
-                       "expected 1. Give each publish a Nats-Msg-Id header derived from the key, so the "
-                       "server drops the retry as a duplicate.")
+            raise Fail(
+                f"Calling {self.name} twice with the same key {first!r} stored 2 messages in {self.stream}; "
+                "expected 1. Give each publish a Nats-Msg-Id header derived from the key, so the "
+                "server drops the retry as a duplicate."
+            )
         if stored == 1:
-            raise Fail(f"{self.name} with two different keys ({first!r}, {second!r}) stored only 1 message; expected 2. "
-                       "The Nats-Msg-Id must differ per key, or different messages are dropped as duplicates.")
+            raise Fail(
+                f"{self.name} with two different keys ({first!r}, {second!r}) stored only 1 message; expected 2. "
+                "The Nats-Msg-Id must differ per key, or different messages are dropped as duplicates."
+            )
         if stored != 2:
-            raise Fail(f"Three calls of {self.name} (key {first!r} twice, {second!r} once) stored {stored} "
-                       f"message(s) in {self.stream}; expected 2.")
+            raise Fail(
+                f"Three calls of {self.name} (key {first!r} twice, {second!r} once) stored {stored} "
+                f"message(s) in {self.stream}; expected 2."
+            )
 
 
 __all__ += ["CallsStoreOnce"]
@@ -275,19 +300,25 @@ class EventContract(Check):
         from buslib.events import Event
 
         if not (isinstance(self.cls, type) and issubclass(self.cls, Event)):
-            raise Fail(f"{self.name} must be a class that extends buslib.Event, got {_short(self.cls)}. "
-                       f"Write `class {self.name}(Event, type=..., version=...):`.")
+            raise Fail(
+                f"{self.name} must be a class that extends buslib.Event, got {_short(self.cls)}. "
+                f"Write `class {self.name}(Event, type=..., version=...):`."
+            )
         if (self.cls.event_type, self.cls.event_version) != (self.type, self.version):
-            raise Fail(f"{self.name} declares type {self.cls.event_type!r} version {self.cls.event_version} "
-                       f"(subject {self.cls.subject()}); expected type {self.type!r} version {self.version}.")
+            raise Fail(
+                f"{self.name} declares type {self.cls.event_type!r} version {self.cls.event_version} "
+                f"(subject {self.cls.subject()}); expected type {self.type!r} version {self.version}."
+            )
         model_fields = self.cls.model_fields
         for field_name, annotation in self.fields.items():
             if field_name not in model_fields:
                 raise Fail(f"{self.name} has no field {field_name!r}; expected {field_name}: {annotation.__name__}.")
             actual = model_fields[field_name].annotation
             if actual is not annotation:
-                raise Fail(f"{self.name}.{field_name} is declared as {getattr(actual, '__name__', actual)}; "
-                           f"expected {annotation.__name__}.")
+                raise Fail(
+                    f"{self.name}.{field_name} is declared as {getattr(actual, '__name__', actual)}; "
+                    f"expected {annotation.__name__}."
+                )
 
 
 @dataclass
@@ -309,26 +340,34 @@ class TraceCarried(Check):
         js = await ctx.js()
         effects = await stored_messages(js, self.stream, self.effect)
         if not effects:
-            raise Fail(f"Stream {self.stream} has no message on {self.effect!r}: did the handler run and publish? "
-                       "Wait for it (wait_until) before checking.")
+            raise Fail(
+                f"Stream {self.stream} has no message on {self.effect!r}: did the handler run and publish? "
+                "Wait for it (wait_until) before checking."
+            )
         causes = {}
         for msg in await stored_messages(js, self.stream, self.cause):
             causes[_json_object(msg.data).get(self.key)] = parse_traceparent((msg.headers or {}).get("traceparent"))
         for msg in effects:
             key = _json_object(msg.data).get(self.key)
             if key not in causes:
-                raise Fail(f"Message {msg.seq} on {self.effect} has {self.key}={key!r}, but no message on {self.cause} "
-                           "has that value.")
+                raise Fail(
+                    f"Message {msg.seq} on {self.effect} has {self.key}={key!r}, but no message on {self.cause} "
+                    "has that value."
+                )
             got = parse_traceparent((msg.headers or {}).get("traceparent"))
             if got is None:
-                raise Fail(f"Message {msg.seq} on {self.effect} has no traceparent header, so its trace is lost. "
-                           "Publish it with bus.publish() inside the handler.")
+                raise Fail(
+                    f"Message {msg.seq} on {self.effect} has no traceparent header, so its trace is lost. "
+                    "Publish it with bus.publish() inside the handler."
+                )
             want = causes[key]
             if want is None or got.trace_id != want.trace_id:
-                raise Fail(f"Message {msg.seq} on {self.effect} is in trace {got.trace_id}, but the "
-                           f"{self.cause} message it answers ({self.key}={key!r}) is in trace "
-                           f"{want.trace_id if want else None}. Publish from inside the handler, in its trace, "
-                           "without starting a new one.")
+                raise Fail(
+                    f"Message {msg.seq} on {self.effect} is in trace {got.trace_id}, but the "
+                    f"{self.cause} message it answers ({self.key}={key!r}) is in trace "
+                    f"{want.trace_id if want else None}. Publish from inside the handler, in its trace, "
+                    "without starting a new one."
+                )
 
 
 __all__ += ["EventContract", "TraceCarried", "stored_messages"]
