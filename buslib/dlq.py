@@ -555,6 +555,8 @@ class DeadLetterQueue:
         for entry in await self._select(filters, ids, missing):
             await self.js.delete_msg(self.stream, entry.id)
             removed.append(entry.id)
+        if missing and not removed and len(set(missing.values())) == 1:
+            raise DeadLetterNotFound(next(iter(missing.values())))  # one cause, e.g. no such stream: say it plainly
         if missing:
             raise DeadLetterNotFound(f"Purged {removed}, but these ids are not in {self.stream}: {sorted(missing)}.")
         return removed

@@ -132,6 +132,11 @@ def test_show_of_a_missing_id_is_a_clear_error(filled, capsys):
     assert code == 1 and "No dead letter with id 99" in err and "buslib dlq ls" in err
 
 
+def test_purge_on_a_stream_that_does_not_exist_says_so(capsys, unique):
+    code, _, err = run(capsys, "--stream", f"NO_DLQ_{unique}", "purge", "3")
+    assert code == 1 and f"no dead-letter stream NO_DLQ_{unique}" in err and "Purged" not in err
+
+
 def test_replay_republishes_and_removes_only_the_chosen_entries(filled, capsys, nats_url):
     code, out, _ = run(capsys, "--stream", filled.dlq, "replay", "--reason", "ValueError")
     assert code == 0 and out.startswith("replayed 1 ")
