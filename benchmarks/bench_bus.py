@@ -21,16 +21,26 @@ dropped) next to its ~200 B of JSON:
   (``..._same_msgs``), encoded before the clock starts. This isolates how the bus sends
   and receives from what it sends.
 
-What to expect (nats-server 2.15.1, 2 shared cores, 20k events, medians, load ~1-2):
+A third consumer baseline, ``raw_pull_callback``: a hand-written nats-py consumer using
+the bus's technique (one callback subscription, two overlapping pull requests of 500,
+validate and ack each message) without anything else (no contexts, tracing, retries,
+keep-alives). Run on bare payloads and on the bus's messages, it shows what the headers
+cost (``headers_cost_pull_callback``).
 
-- ``publish_many`` (windowed, the default): ~0.7-1.1x bare ``publish_async``, ~1.3-1.5x
-  the same messages; with ``fast_ingest=True`` ~0.9-1.9x bare, ~1.6-2.1x the same messages.
-  The ceiling is the server: storing these messages with dedup runs at ~65-70k/s even when
-  the client has them ready (fast-ingest, client CPU <50%), while bare payloads go ~2x
-  faster. The client spends ~11 us per event to encode it (pydantic JSON, headers).
-- The consumer: ~1.2-1.8x ``fetch(500)`` + ack (varies with load). nats-py's ``fetch``
-  waits for each message in its own task; the bus keeps pull requests overlapping on one
-  subscription and parses headers with a faster, equivalent parser.
+What to expect (nats-server 2.15.1, 2 shared cores, 20k events, min / median / max of per-run
+ratios over 3 runs, load ~0.2-1.5; absolute rates vary +-30% with the machine's load):
+
+- ``publish_many`` (windowed, the default): ~0.7 / 1.1 / 1.4x bare ``publish_async``,
+  ~1.5 / 1.5 / 2.2x the same messages; with ``fast_ingest=True`` ~0.9 / 1.6 / 1.8x bare,
+  ~2.0 / 2.2 / 2.8x the same messages. The ceiling is the server: storing these messages
+  with dedup runs at ~65-70k/s even when the client has them ready, while bare payloads go
+  ~2x faster. The client spends ~7 us per event to encode it (pydantic JSON ~2.5 us,
+  headers) and ~1 us to serialise the header block.
+- The consumer: ~1.6 / 1.6 / 2.0x ``fetch(500)`` + ack of bare payloads, ~2.1 / 2.5 / 2.8x
+  the same messages, ~1.1x ``raw_pull_callback`` on the same messages (the bus's header parser
+  is ~5x cheaper than nats-py's). The eight headers are what limit every consumer: the
+  same hand-written consumer reads bare payloads ~2x faster (``headers_cost_pull_callback``
+  ~0.45-0.55), so the 64k/s measured for bare payloads is out of reach with these headers.
 """
 
 from __future__ import annotations
@@ -238,6 +248,58 @@ async def _fetch_ack(url: str, events: list[OrderPlaced]) -> float:
     return elapsed
 
 
+async def raw_pull_callback_bare(url: str, events: list[OrderPlaced]) -> float:
+    """Hand-written nats-py consumer of bare payloads: the technique the bus uses, nothing else."""
+    await prefill_bare(url, events)
+    return await _pull_callback(url, events)
+
+
+async def raw_pull_callback(url: str, events: list[OrderPlaced]) -> float:
+    """Hand-written nats-py consumer of the messages the bus sends (nats-py's own header parser)."""
+    await prefill(url, events)
+    return await _pull_callback(url, events)
+
+
+async def _pull_callback(url: str, events: list[OrderPlaced], *, batch: int = 500) -> float:
+    # One callback subscription on an inbox, two pull requests of `batch` overlapping (a new
+    # one when the outstanding count drops below `batch`), validate and ack each message.
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_consumer(STREAM, ConsumerConfig(durable_name="raw_cb", ack_policy=AckPolicy.EXPLICIT))
+    inbox = nc.new_inbox()
+    request = json.dumps({"batch": batch, "expires": 30_000_000_000}).encode()
+    done = asyncio.Event()
+    got = outstanding = 0
+
+    async def pull() -> None:
+        nonlocal outstanding
+        outstanding += batch
+        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.raw_cb", request, reply=inbox)
+
+    async def on_message(msg) -> None:
+        nonlocal got, outstanding
+        if not msg.reply:  # a status message (timeout, heartbeat): not expected here
+            return
+        outstanding -= 1
+        OrderPlaced.model_validate_json(msg.data)  # the same work the bus does
+        await msg.ack()
+        got += 1
+        if got == len(events):
+            done.set()
+        elif outstanding < batch:
+            await pull()
+
+    await nc.subscribe(inbox, cb=on_message)
+    start = time.perf_counter()
+    await pull()
+    await pull()
+    await asyncio.wait_for(done.wait(), 300)
+    await nc.flush()
+    elapsed = time.perf_counter() - start
+    await nc.close()
+    return elapsed
+
+
 async def bus_consume(url: str, events: list[OrderPlaced]) -> float:
     await prefill(url, events)
     done = asyncio.Event()
@@ -345,6 +407,8 @@ async def main(argv: list[str] | None = None) -> dict[str, object]:
         "bus_publish_sequential": ("await bus.publish (one at a time)", bus_publish, few),
         "raw_fetch_ack_bare": ("pull fetch(500) + ack (bare payload)", raw_fetch_ack_bare, events),
         "raw_fetch_ack": ("pull fetch(500) + ack, the bus's messages", raw_fetch_ack, events),
+        "raw_pull_callback_bare": ("callback sub + overlapping pulls (bare payload)", raw_pull_callback_bare, events),
+        "raw_pull_callback": ("callback sub + overlapping pulls, bus's messages", raw_pull_callback, events),
         "bus_consume": ("bus group consumer (validated)", bus_consume, events),
     }
     if not args.no_faststream and importlib.util.find_spec("faststream") is not None:
@@ -384,6 +448,8 @@ async def main(argv: list[str] | None = None) -> dict[str, object]:
         "publish_many_fast_vs_publish_async_same_msgs": ("bus_publish_many_fast", "raw_publish_async_same_msgs"),
         "consume_vs_fetch": ("bus_consume", "raw_fetch_ack_bare"),
         "consume_vs_fetch_same_msgs": ("bus_consume", "raw_fetch_ack"),
+        "consume_vs_pull_callback_same_msgs": ("bus_consume", "raw_pull_callback"),
+        "headers_cost_pull_callback": ("raw_pull_callback", "raw_pull_callback_bare"),
         "bus_publish_vs_js_publish": ("bus_publish_sequential", "raw_publish_sequential"),
         "publish_many_vs_core_ceiling": ("bus_publish_many", "core_publish"),
         "consume_vs_faststream": ("bus_consume", "faststream_consume"),

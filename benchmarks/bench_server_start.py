@@ -37,9 +37,7 @@ def main() -> None:
     times, version = measure(args.runs)
     times_ms = [t * 1000 for t in times]
     print(f"embedded nats-server {version}, {args.runs} starts to ready:")
-    print(
-        f"  min {min(times_ms):.1f} ms   median {statistics.median(times_ms):.1f} ms   max {max(times_ms):.1f} ms"
-    )
+    print(f"  min {min(times_ms):.1f} ms   median {statistics.median(times_ms):.1f} ms   max {max(times_ms):.1f} ms")
 
 
 if __name__ == "__main__":

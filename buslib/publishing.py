@@ -63,13 +63,14 @@ class Publisher:
                 "OrderCreated(...); to send raw bytes use bus.js.publish(subject, data)."
             )
         span = span or tracing.current_trace() or tracing.new_trace()  # one trace for all copies of the event
+        parent = span.traceparent
         messages = []
         for i, out in enumerate(codec.encode(event, source=self.service)):
             if out.subject not in self._valid_subjects:
                 self._valid_subjects.add(check_subject(out.subject))
             headers = out.headers  # a fresh dict per message: ours to extend
             headers.setdefault(MSG_ID, event.id if i == 0 else f"{event.id}:{out.subject}")
-            headers[tracing.HEADER] = span.traceparent
+            headers[tracing.HEADER] = parent
             messages.append((out.subject, out.data, headers))
         return messages
 

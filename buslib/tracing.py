@@ -26,12 +26,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["HEADER", "TraceContext", "current_trace", "enter", "exit_span", "new_trace", "parse_traceparent", "trace", "traceparent"]
+__all__ = [
+    "HEADER",
+    "TraceContext",
+    "current_trace",
+    "enter",
+    "exit_span",
+    "new_trace",
+    "parse_traceparent",
+    "trace",
+    "traceparent",
+]
 
 HEADER = "traceparent"
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _random = random.Random()
-_current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar("buslib_trace", default=None)
+_current: contextvars.ContextVar[TraceContext | _Deferred | None] = contextvars.ContextVar("buslib_trace", default=None)
 
 
 @dataclass(frozen=True)
@@ -101,9 +111,30 @@ def _parse(value: str) -> TraceContext | None:
     return TraceContext(trace_id, span_id, None, flags)
 
 
+class _Deferred:
+    """A handler's span, made when first asked for.
+
+    Most handlers never ask, and making a span per message (a random id, a frozen
+    dataclass) is a measurable part of consuming. Once made, it stays the same for the
+    handler and for the tasks it starts (they share this object through the context).
+    """
+
+    __slots__ = ("parent", "span")
+
+    def __init__(self, parent: TraceContext) -> None:
+        self.parent = parent
+        self.span: TraceContext | None = None
+
+    def resolve(self) -> TraceContext:
+        if self.span is None:
+            self.span = self.parent.child()
+        return self.span
+
+
 def current_trace() -> TraceContext | None:
     """The span this code runs in, or ``None`` outside any trace."""
-    return _current.get()
+    span = _current.get()
+    return span.resolve() if type(span) is _Deferred else span
 
 
 @contextmanager
@@ -124,7 +155,7 @@ def trace(parent: str | TraceContext | None = None) -> Iterator[TraceContext]:
         _current.reset(token)
 
 
-def enter(parent: str | TraceContext | None) -> tuple[TraceContext, contextvars.Token[TraceContext | None]]:
+def enter(parent: str | TraceContext | None) -> tuple[TraceContext, contextvars.Token[TraceContext | _Deferred | None]]:
     """The non-``with`` form of :func:`trace` for hot paths: returns the span and a token.
 
     Pass the token to ``exit_span`` when done (in a ``finally``).
@@ -134,12 +165,21 @@ def enter(parent: str | TraceContext | None) -> tuple[TraceContext, contextvars.
     return span, _current.set(span)
 
 
-def exit_span(token: contextvars.Token[TraceContext | None]) -> None:
+def _enter_lazily(header: str | bytes | None) -> tuple[str, contextvars.Token[TraceContext | _Deferred | None]]:
+    # enter() for the consumer's hot path: the same trace, but the child span (its id) is
+    # only made if the handler asks for it (current_trace(), traceparent(), publishing).
+    incoming = parse_traceparent(header)
+    if incoming is None:
+        span = new_trace()
+        return span.trace_id, _current.set(span)
+    return incoming.trace_id, _current.set(_Deferred(incoming))
+
+
+def exit_span(token: contextvars.Token[TraceContext | _Deferred | None]) -> None:
     """Restore the span that was current before :func:`enter`."""
     _current.reset(token)
 
 
 def traceparent() -> str:
     """The ``traceparent`` header for a message sent now (a new trace outside any span)."""
-    span = _current.get()
-    return (span or new_trace()).traceparent
+    return (current_trace() or new_trace()).traceparent
