@@ -190,7 +190,12 @@ async def test_stop_lets_the_running_handler_finish_and_keeps_the_durable(bus, O
     await asyncio.wait_for(started.wait(), 10)
     await sub.stop()
     assert acked == ["D-1"] and sub.stats.acked == 1 and not sub.running and sub.stopped
-    info = await bus.js.consumer_info(stream, sub.durable)
+    # stop() flushed the ack; the server applies it to the consumer asynchronously: poll briefly
+    for _ in range(100):
+        info = await bus.js.consumer_info(stream, sub.durable)
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
     assert info.num_ack_pending == 0 and info.delivered.stream_seq == 1
 
 
