@@ -36,6 +36,7 @@ _HEADERS = {
         },
         "ce-source": {"type": "string", "description": "The publishing service."},
         "ce-type": {"type": "string", "description": "The event type, e.g. orders.created."},
+        "ce-datacontenttype": {"type": "string", "const": "application/json"},
         "ce-dataschema": {"type": "string", "description": "urn:buslib:schema:<type>:<major version>"},
         "Bus-Event-Version": {"type": "string", "description": "The contract's major version."},
         "Nats-Msg-Id": {"type": "string", "description": "JetStream deduplication id."},

@@ -33,7 +33,7 @@ from buslib.events import Event
 
 __all__ = ["Outgoing", "encode", "decode", "message_version", "CONTENT_TYPE", "MSG_ID", "VERSION_HEADER"]
 
-CONTENT_TYPE = "application/json"  # of every payload (AsyncAPI says so; not sent as a header)
+CONTENT_TYPE = "application/json"  # of every payload, sent as ce-datacontenttype
 MSG_ID = "Nats-Msg-Id"
 VERSION_HEADER = "Bus-Event-Version"
 DOWNCAST_HEADER = "Bus-Downcast-From"
@@ -52,13 +52,15 @@ class Outgoing:
 def _outgoing(event: Event, source: str, msg_id: str) -> Outgoing:
     cls = type(event)
     subject, event_type, schema, version = _constants(cls)
-    # CloudEvents requires id, source, specversion and type. Not sent: `time` (a copy of the
-    # payload's occurred_at) and `datacontenttype` (Content-Type; always application/json).
+    # CloudEvents requires id, source, specversion and type; datacontenttype says how to read
+    # the payload (the NATS binding maps it to ce-datacontenttype). Not sent: `time`, a copy
+    # of the payload's occurred_at.
     headers = {
         "ce-specversion": "1.0",
         "ce-id": event.id,
         "ce-source": source,
         "ce-type": event_type,
+        "ce-datacontenttype": CONTENT_TYPE,
         "ce-dataschema": schema,
         VERSION_HEADER: version,
         MSG_ID: msg_id,
