@@ -182,7 +182,8 @@ class EmbeddedServer:
             _claim_store(self._workdir, self)
         try:
             self._launch(binary)
-        except ServerError:
+        except BaseException:  # a ServerError, or an interrupt while waiting: no half-started server
+            self._end_process(graceful=False, timeout=1.0)
             if fresh and self._temporary:  # nothing worth keeping in a store that never started
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None

@@ -242,6 +242,19 @@ def test_a_binary_that_is_not_nats_server_gets_a_clear_error(tmp_path):
         EmbeddedServer(binary=fake).start()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="the fake binary is a shell script")
+def test_a_server_that_says_ready_but_no_ports_is_stopped_not_leaked(tmp_path):
+    """A start that fails after the process is up must end that process (no orphan)."""
+    fake = tmp_path / "nats-server"
+    pid_file = tmp_path / "pid"
+    # writes the ready line to the log given with -l, but never the ports, then lingers
+    fake.write_text(f'#!/bin/sh\necho $$ > {pid_file}\necho "Server is ready" >> "$4"\nexec sleep 30\n')
+    fake.chmod(0o755)
+    with pytest.raises(ServerError, match="Could not read"):
+        EmbeddedServer(binary=fake).start()
+    assert not pid_alive(int(pid_file.read_text()))
+
+
 def test_client_port_taken_says_which_port_and_what_to_do():
     with EmbeddedServer() as running:
         with pytest.raises(ServerError) as caught:
