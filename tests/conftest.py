@@ -12,8 +12,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from _bus_helpers import make_event
 
 import buslib
+from buslib import Event, EventBus
+from buslib.bus import stream_name_for
 from buslib.server import EmbeddedServer
 
 _shared: EmbeddedServer | None = None
@@ -70,3 +73,25 @@ async def nc(nats_url: str) -> AsyncIterator[object]:
 @pytest.fixture
 async def js(nc):
     return nc.jetstream()
+
+
+# -- the EventBus tests' chain: bus -> a per-test event type -> its stream ----------------
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[EventBus]:
+    """An EventBus on the shared server, as service "test-bus"."""
+    async with EventBus.connect(service="test-bus", url=nats_url) as bus:
+        yield bus
+
+
+@pytest.fixture
+def Order(unique: str) -> type[Event]:
+    """An event type of its own for each test, so streams and groups never collide."""
+    return make_event(f"t{unique.lower()}.order.placed")
+
+
+@pytest.fixture
+async def stream(bus: EventBus, Order: type[Event]) -> AsyncIterator[str]:
+    """Order's conventional stream, created before the test and deleted after it."""
+    await bus.ensure_stream(Order)
+    yield stream_name_for(Order.subject())
+    await bus.js.delete_stream(stream_name_for(Order.subject()))

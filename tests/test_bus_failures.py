@@ -7,28 +7,10 @@ import json
 import logging
 
 import pytest
-from _bus_helpers import make_event, wait_until
+from _bus_helpers import wait_until
 
-from buslib import Event, EventBus, Failure, Reject, Retry
-from buslib.bus import durable_name, stream_name_for
-
-
-@pytest.fixture
-async def bus(nats_url):
-    async with EventBus.connect(service="test-failures", url=nats_url) as bus:
-        yield bus
-
-
-@pytest.fixture
-def Order(unique) -> type[Event]:
-    return make_event(f"t{unique.lower()}.order.placed")
-
-
-@pytest.fixture
-async def stream(bus, Order):
-    await bus.ensure_stream(Order)
-    yield stream_name_for(Order.subject())
-    await bus.js.delete_stream(stream_name_for(Order.subject()))
+from buslib import Event, Failure, Reject, Retry
+from buslib.bus import durable_name
 
 
 async def consumer_settled(bus, stream, durable, timeout: float = 5.0) -> bool:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import pytest
-from _bus_helpers import make_event, wait_until
+from _bus_helpers import wait_until
 
-from buslib import Event, EventBus
-
-
-@pytest.fixture
-def Order(unique) -> type[Event]:
-    return make_event(f"t{unique.lower()}.order.placed")
+from buslib import EventBus
 
 
 async def test_worker_resumes_consuming_after_a_server_restart(server, Order):

@@ -10,25 +10,7 @@ import pytest
 from _bus_helpers import make_event, wait_until
 
 from buslib import ConfigDriftError, Event, EventBus, MessageContext, Retry, SubjectError, tracing
-from buslib.bus import durable_name, stream_name_for
-
-
-@pytest.fixture
-async def bus(nats_url):
-    async with EventBus.connect(service="test-consumer", url=nats_url) as bus:
-        yield bus
-
-
-@pytest.fixture
-def Order(unique) -> type[Event]:
-    return make_event(f"t{unique.lower()}.order.placed")
-
-
-@pytest.fixture
-async def stream(bus, Order):
-    await bus.ensure_stream(Order)
-    yield stream_name_for(Order.subject())
-    await bus.js.delete_stream(stream_name_for(Order.subject()))
+from buslib.bus import durable_name
 
 
 async def test_workers_in_one_group_see_disjoint_sets_whose_union_is_everything(nats_url, bus, Order, stream):
