@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 import types
-from collections.abc import Callable
 from typing import Any
 
-from buslib import Event
+from buslib import Event, lab
 
 
 def make_event(type_name: str, class_name: str = "Order", *, event_version: int = 1, **fields: Any) -> type[Event]:
@@ -18,14 +17,8 @@ def make_event(type_name: str, class_name: str = "Order", *, event_version: int 
     return types.new_class(class_name, (Event,), kwds, lambda ns: ns.update(namespace))
 
 
-async def wait_until(predicate: Callable[[], bool], *, timeout: float = 15.0, what: str = "condition") -> float:
-    """Poll ``predicate`` until true; return the seconds it took. Generous: the machine is shared."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
+# buslib.lab's wait_until, more patient: the test machine is shared
+wait_until = functools.partial(lab.wait_until, timeout=15.0, interval=0.02)
 
 
 class HoldingProxy:
