@@ -23,37 +23,69 @@ from nats.js.api import PubAck
 from buslib.errors import BusError
 
 
-def _header_block(headers: Mapping[str, str]) -> bytes:
-    # NATS/1.0 header block; values must not break lines (nats-py replaces CR/LF the same way)
-    if not headers:
-        return b"NATS/1.0\r\n\r\n"
+def _header_lines(headers: Mapping[str, str]) -> str | None:
+    """``name: value`` lines joined by CRLF, or None where nats-py must encode them itself."""
     try:
         lines = "\r\n".join(map(": ".join, headers.items()))  # joins in C: half the cost of f-strings
     except TypeError:
-        return b""  # a name or value that is not a string: let nats-py encode it
+        return None  # a name or value that is not a string
     breaks = len(headers) - 1
     if lines.count("\n") != breaks or lines.count("\r") != breaks:
-        return b""  # a value with a line break: let nats-py encode (and clean) it
-    return ("NATS/1.0\r\n" + lines + "\r\n\r\n").encode()
+        return None  # a value with a line break (nats-py cleans those)
+    return lines
 
 
-async def _publish_fast(nc: Client, subject: str, data: bytes, reply: str, headers: Mapping[str, str]) -> None:
-    """``nc.publish`` with our own header encoding (nats-py's costs ~40 us for ten headers).
+def _header_block(headers: Mapping[str, str]) -> bytes:
+    """The NATS/1.0 header block nats-py would send, or b"" where nats-py must encode it itself."""
+    if not headers:
+        return b"NATS/1.0\r\n\r\n"
+    lines = _header_lines(headers)
+    return b"" if lines is None else ("NATS/1.0\r\n" + lines + "\r\n\r\n").encode()
 
-    Falls back to ``nc.publish`` whenever the connection is not plainly connected, so
-    nats-py's own checks and buffering during reconnects apply.
+
+Outbound = tuple[str, str, bytes, bytes, "Mapping[str, str] | None"]  # subject, reply, data, header block, headers
+
+
+async def _publish_blocks(nc: Client, messages: list[Outbound]) -> None:
+    """Publish messages whose header blocks are already rendered, in one write.
+
+    Each is ``(subject, reply, data, block, headers)``; ``headers`` may be None when the
+    block says it all. nats-py's ``publish`` renders ten headers in ~40 us and writes each
+    message on its own; a chunk of frames costs a fraction of that. Falls back to
+    ``nc.publish`` per message whenever the connection is not plainly connected (so nats-py's
+    checks and its buffering during reconnects apply), a block is empty (nats-py encodes
+    those headers) or a message is too large (nats-py raises its error).
     """
     send = getattr(nc, "_send_command", None)
-    block = _header_block(headers) if send is not None and nc.is_connected and not nc.is_draining else b""
-    if not block or len(block) + len(data) > nc.max_payload:
-        await nc.publish(subject, data, reply=reply, headers=dict(headers))
+    if send is None or not nc.is_connected or nc.is_draining:
+        for subject, reply, data, block, headers in messages:
+            await _publish_one(nc, subject, reply, data, block, headers)
         return
-    await send(
-        b"HPUB %s %s %d %d\r\n%s%s\r\n"
-        % (subject.encode(), reply.encode(), len(block), len(block) + len(data), block, data)
-    )
+    limit = nc.max_payload
+    frames = []
+    for subject, reply, data, block, headers in messages:
+        if not block or len(block) + len(data) > limit:
+            if frames:  # keep the order: what came before goes first
+                await send(b"".join(frames))
+                frames.clear()
+            await _publish_one(nc, subject, reply, data, block, headers)
+            continue
+        frames.append(
+            b"HPUB %s %s %d %d\r\n%s%s\r\n"
+            % (subject.encode(), reply.encode(), len(block), len(block) + len(data), block, data)
+        )
+    if frames:
+        await send(b"".join(frames))
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
+
+
+async def _publish_one(
+    nc: Client, subject: str, reply: str, data: bytes, block: bytes, headers: Mapping[str, str] | None
+) -> None:
+    if headers is None:
+        headers = _parse_header_lines(block[len(b"NATS/1.0\r\n") :])
+    await nc.publish(subject, data, reply=reply, headers=dict(headers))
 
 
 def _delivery_info(msg: Msg) -> tuple[str, int, int]:

@@ -13,8 +13,8 @@
 Publishing: every event is stored in a stream (created on first use: subject
 ``orders.created.v1`` -> stream ``ORDERS`` with subjects ``orders.>``), carries its id as
 ``Nats-Msg-Id`` so a retried publish is stored once, and a W3C ``traceparent``.
-``publish_many`` keeps thousands of acked publishes in flight at once (and, with
-``fast_ingest=True`` on a 2.14+ server, sends fast-ingest batches acknowledged every 500).
+``publish_many`` sends fast-ingest batches acknowledged every 500 messages on a 2.14+
+server, and otherwise keeps thousands of acked publishes in flight at once.
 
 Subscribing: a *group* is a durable pull consumer; every instance that subscribes with
 the same group shares the messages (each goes to one instance), and every group gets

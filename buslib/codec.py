@@ -31,7 +31,16 @@ from buslib.contracts import convert, dataschema, downcast_targets, versions_of
 from buslib.errors import ContractError, DecodeError
 from buslib.events import Event
 
-__all__ = ["Outgoing", "encode", "decode", "message_version", "CONTENT_TYPE", "MSG_ID", "VERSION_HEADER"]
+__all__ = [
+    "Outgoing",
+    "encode",
+    "constant_headers",
+    "decode",
+    "message_version",
+    "CONTENT_TYPE",
+    "MSG_ID",
+    "VERSION_HEADER",
+]
 
 CONTENT_TYPE = "application/json"  # of every payload, sent as ce-datacontenttype
 MSG_ID = "Nats-Msg-Id"
@@ -51,24 +60,12 @@ class Outgoing:
 
 def _outgoing(event: Event, source: str, msg_id: str) -> Outgoing:
     cls = type(event)
-    subject, event_type, schema, version = _constants(cls)
-    # CloudEvents requires id, source, specversion and type; datacontenttype says how to read
-    # the payload (the NATS binding maps it to ce-datacontenttype). Not sent: `time`, a copy
-    # of the payload's occurred_at.
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-id": event.id,
-        "ce-source": source,
-        "ce-type": event_type,
-        "ce-datacontenttype": CONTENT_TYPE,
-        "ce-dataschema": schema,
-        VERSION_HEADER: version,
-        MSG_ID: msg_id,
-    }
-    return Outgoing(subject, event.to_json(), headers, event)
+    headers = constant_headers(cls, source) | {"ce-id": event.id, MSG_ID: msg_id}
+    return Outgoing(_constants(cls)[0], event.to_json(), headers, event)
 
 
 _CONSTANTS: dict[type[Event], tuple[str, str, str, str]] = {}
+_HEADERS: dict[tuple[type[Event], str], dict[str, str]] = {}
 
 
 def _constants(cls: type[Event]) -> tuple[str, str, str, str]:
@@ -77,6 +74,32 @@ def _constants(cls: type[Event]) -> tuple[str, str, str, str]:
     found = _CONSTANTS.get(cls)
     if found is None:
         found = _CONSTANTS[cls] = (cls.subject(), cls.event_type, dataschema(cls), str(cls.event_version))
+    return found
+
+
+def constant_headers(cls: type[Event], source: str) -> dict[str, str]:
+    """The headers every event of ``cls`` published by ``source`` carries: all but its ids.
+
+    An encoded event's headers are exactly these plus ``ce-id`` (the event's id) and
+    ``Nats-Msg-Id``, so a publisher of many events can render them once (``publish_many``
+    does). The dict is shared: copy it before changing it.
+    """
+    found = _HEADERS.get((cls, source))
+    if found is None:
+        _, event_type, schema, version = _constants(cls)
+        # CloudEvents requires id, source, specversion and type; datacontenttype says how to
+        # read the payload (the NATS binding maps it to ce-datacontenttype). Not sent: `time`,
+        # a copy of the payload's occurred_at.
+        found = {
+            "ce-specversion": "1.0",
+            "ce-source": source,
+            "ce-type": event_type,
+            "ce-datacontenttype": CONTENT_TYPE,
+            "ce-dataschema": schema,
+            VERSION_HEADER: version,
+        }
+        if len(_HEADERS) < 1024:  # bounded: sources are service names, but anything may call this
+            _HEADERS[(cls, source)] = found
     return found
 
 

@@ -83,12 +83,12 @@ async def test_publish_gives_up_after_bounded_attempts_with_a_clear_error(nats_u
             proxy.release()
 
 
-async def test_publish_many_stores_each_event_once_and_returns_acks_in_order(bus, Order, stream):
+async def test_publish_many_windowed_stores_each_event_once_and_returns_exact_acks_in_order(bus, Order, stream):
     events = [Order(order_id=f"M-{i}") for i in range(500)]
-    acks = await bus.publish_many(events)
+    acks = await bus.publish_many(events, fast_ingest=False)
     assert [a.seq for a in acks] == list(range(1, 501))
     assert (await bus.js.stream_info(stream)).state.messages == 500
-    again = await bus.publish_many(events)  # the same events again: recognised by id
+    again = await bus.publish_many(events, fast_ingest=False)  # the same events again: recognised by id
     assert all(a.duplicate for a in again) and [a.seq for a in again] == [a.seq for a in acks]
     assert (await bus.js.stream_info(stream)).state.messages == 500
     last = await bus.js.get_msg(stream, 500)
@@ -102,7 +102,7 @@ async def test_publish_many_retries_unanswered_publishes_and_stores_each_once(na
             events = [Order(order_id=f"R-{i}") for i in range(200)]
             proxy.hold()
             asyncio.get_running_loop().call_later(1.0, proxy.release)
-            acks = await bus.publish_many(events)
+            acks = await bus.publish_many(events, fast_ingest=False)
             assert bus.publish_retries >= 1
             assert [a.seq for a in acks] == list(range(1, 201))
             assert (await bus.js.stream_info(stream)).state.messages == 200
@@ -112,7 +112,7 @@ async def test_publish_many_error_names_the_first_event_not_stored(bus, Order, s
     await bus.ensure_stream(Order, max_msgs=5, discard=DiscardPolicy.NEW)
     events = [Order(order_id=f"F-{i}") for i in range(8)]
     with pytest.raises(PublishError) as caught:
-        await bus.publish_many(events)
+        await bus.publish_many(events, fast_ingest=False)
     message = str(caught.value)
     assert "stored 5 of 8" in message
     assert f"#5 (id {events[5].id})" in message
@@ -151,10 +151,10 @@ async def test_bad_subjects_are_refused_with_a_clear_error(bus):
 
 
 async def test_publish_many_fast_ingest_stores_each_event_once(bus, Order, stream):
-    """Fast-ingest batches where the server has them (API level 4+), else the windowed path."""
+    """Fast-ingest batches by default where the server has them (API level 4+), else windowed."""
     info = await bus.ensure_stream(Order)
     events = [Order(order_id=f"FI-{i}") for i in range(1200)]
-    acks = await bus.publish_many(events, fast_ingest=True)
+    acks = await bus.publish_many(events)
     assert len(acks) == 1200 and all(a.stream == stream for a in acks)
     assert (await bus.js.stream_info(stream)).state.messages == 1200
     if bus.api_level >= 4:
@@ -162,7 +162,7 @@ async def test_publish_many_fast_ingest_stores_each_event_once(bus, Order, strea
         assert acks[0].batch_id and acks[-1].seq == 1200 and acks[-1].batch_size == 1200
     else:
         assert not info.config.allow_batched and [a.seq for a in acks] == list(range(1, 1201))
-    again = await bus.publish_many(events[:700] + [Order(order_id="FI-new")], fast_ingest=True)
+    again = await bus.publish_many(events[:700] + [Order(order_id="FI-new")])
     assert len(again) == 701
     assert (await bus.js.stream_info(stream)).state.messages == 1201  # the repeats were dropped by id
     newest = await bus.js.get_msg(stream, 1201)
@@ -207,3 +207,82 @@ def test_header_blocks_are_what_nats_py_would_send_and_line_breaks_fall_back():
     assert block.startswith(b"NATS/1.0\r\n") and block.endswith(b"\r\n\r\n")
     assert Client._parse_header_lines(block[len(b"NATS/1.0\r\n") :]) == headers
     assert _header_block({"a": "one\ntwo"}) == b"" and _header_block({"a": "one\rtwo"}) == b""
+
+
+@pytest.mark.parametrize("fast_ingest", [True, False], ids=["fast-ingest", "windowed"])
+async def test_publish_many_sends_the_same_headers_as_publish_for_every_kind_of_event(
+    bus, nats_url, unique, fast_ingest
+):
+    """publish_many renders each type's headers once; the result must equal what publish sends."""
+    from buslib.contracts import downcast
+
+    prefix = f"tmany{unique.lower()}"
+    Plain = make_event(f"{prefix}.plain", "Plain")
+    NewForm = make_event(f"{prefix}.shape", "NewForm", event_version=2, grams=int)
+    OldForm = make_event(f"{prefix}.shape", "OldForm", event_version=1, kg=float)
+    downcast(NewForm, to=OldForm)(lambda new: OldForm(kg=new.grams / 1000))  # dual publishing
+    name = f"TMANY{unique}"
+    await bus.ensure_stream(f"{prefix}.>", name=name, subjects=[f"{prefix}.>"])
+    odd = Plain(order_id="odd", id="id-with\nline-break")  # cannot go into a header as it is
+    events = [Plain(order_id="a"), NewForm(grams=1500), odd, Plain(order_id="b")]
+    with tracing.trace() as trace:
+        acks = await bus.publish_many(events, fast_ingest=fast_ingest)
+        reference = await bus.publish(Plain(order_id="ref"))
+    assert len(acks) == 4 and all(a.stream == name for a in acks)
+    stored = [await bus.js.get_msg(name, seq) for seq in range(1, reference.seq + 1)]
+    assert [m.subject for m in stored] == [
+        Plain.subject(),
+        NewForm.subject(),
+        OldForm.subject(),
+        Plain.subject(),
+        Plain.subject(),
+        Plain.subject(),
+    ]
+    first, new, old, with_odd_id, second, ref = stored
+    ids = ("ce-id", "Nats-Msg-Id")
+    same = {k: v for k, v in ref.headers.items() if k not in ids}
+    for msg, event in [(first, events[0]), (second, events[3])]:
+        assert {k: v for k, v in msg.headers.items() if k not in ids} == same
+        assert msg.headers["ce-id"] == msg.headers["Nats-Msg-Id"] == event.id
+        assert msg.data == event.to_json()
+    assert trace.trace_id in first.headers["traceparent"]
+    assert (
+        new.headers["Nats-Msg-Id"] == events[1].id
+        and old.headers["Nats-Msg-Id"] == f"{events[1].id}:{OldForm.subject()}"
+    )
+    assert old.headers["Bus-Downcast-From"] == "2" and OldForm.model_validate_json(old.data).kg == 1.5
+    assert with_odd_id.headers["ce-id"] == "id-with line-break"  # cleaned by nats-py, as publish would
+    await bus.js.delete_stream(name)
+
+
+async def test_publish_many_by_default_retries_a_stalled_batch_and_stores_each_once(nats_url, Order, stream):
+    async with HoldingProxy(nats_url) as proxy:
+        async with EventBus.connect(service="flaky", url=proxy.url, publish_timeout=0.4) as bus:
+            await bus.ensure_stream(Order)
+            events = [Order(order_id=f"S-{i}") for i in range(3000)]
+            proxy.hold()  # the batch's flow acks wait in the relay: the client sees a stall
+            asyncio.get_running_loop().call_later(1.0, proxy.release)
+            acks = await bus.publish_many(events)
+            assert bus.publish_retries >= 1 and len(acks) == 3000
+            assert (await bus.js.stream_info(stream)).state.messages == 3000
+
+
+async def test_publish_many_writes_what_it_cannot_frame_itself_through_nats_py(bus, nats_url, unique):
+    from nats.errors import MaxPayloadError
+
+    from buslib._wire import _header_block, _publish_blocks
+
+    sub = await bus.nc.subscribe(f"tblocks{unique}.>")
+    headers = {"a": "one\ntwo"}  # a line break: nats-py encodes (and cleans) it
+    await _publish_blocks(
+        bus.nc,
+        [
+            (f"tblocks{unique}.x", "", b"1", _header_block({"k": "v"}), None),
+            (f"tblocks{unique}.y", "", b"2", _header_block(headers), headers),
+        ],
+    )
+    got = [await sub.next_msg(timeout=2), await sub.next_msg(timeout=2)]
+    assert [(m.data, m.headers) for m in got] == [(b"1", {"k": "v"}), (b"2", {"a": "one two"})]
+    with pytest.raises(MaxPayloadError):
+        big = b"x" * (bus.nc.max_payload + 1)
+        await _publish_blocks(bus.nc, [(f"tblocks{unique}.z", "", big, _header_block({"k": "v"}), None)])
