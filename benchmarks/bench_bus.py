@@ -61,6 +61,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 
 from buslib import EmbeddedServer, Event, EventBus, tracing
+from buslib._wire import _header_block
 from buslib.codec import encode
 
 STREAM = "BENCH"
@@ -147,8 +148,9 @@ async def core_publish(url: str, events: list[OrderPlaced]) -> float:
 async def store_ceiling(url: str, events: list[OrderPlaced]) -> float:
     """How fast the server stores the bus's messages when the client asks for no acks at all.
 
-    Core publishes into the stream, then wait until all are stored: no client can get acked,
-    deduplicated publishes of these messages stored faster than this.
+    The messages are encoded into protocol frames before the clock starts and written in
+    large chunks, so the client costs next to nothing: what is measured is the server
+    storing (and deduplicating) these messages. No acked publish can be faster.
     """
     return await _store_ceiling(url, bus_messages(events))
 
@@ -162,30 +164,38 @@ async def _store_ceiling(url: str, messages: list[tuple[bytes, dict[str, str] | 
     nc = await nats.connect(url)
     js = nc.jetstream()
     await fresh_stream(js)
-    subject = OrderPlaced.subject()
-    start = time.perf_counter()
+    subject = OrderPlaced.subject().encode()
+    frames = []
     for data, headers in messages:
-        await nc.publish(subject, data, headers=headers)
+        if headers is None:
+            frames.append(b"PUB %s %d\r\n%s\r\n" % (subject, len(data), data))
+        else:
+            block = _header_block(headers)
+            frames.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, len(block), len(block) + len(data), block, data))
+    chunks = [b"".join(frames[i : i + 500]) for i in range(0, len(frames), 500)]
+    start = time.perf_counter()
+    for chunk in chunks:
+        await nc._send_command(chunk)  # raw protocol: nats-py's per-message work stays out of the figure
+        await nc._flush_pending()
     await nc.flush()
     while (await js.stream_info(STREAM)).state.messages < len(messages):
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.002)
     elapsed = time.perf_counter() - start
     await nc.close()
     return elapsed
 
 
 async def bus_publish_many(url: str, events: list[OrderPlaced]) -> float:
-    async with EventBus.connect(service="bench", url=url) as bus:
-        await fresh_stream(bus.js)
-        await bus.publish(OrderPlaced(order_id="warm-up", customer="x", amount=1, currency="EUR", items=1))
-        start = time.perf_counter()
-        acks = await bus.publish_many(events)
-        elapsed = time.perf_counter() - start
-        assert len(acks) == len(events) and (await bus.js.stream_info(STREAM)).state.messages == len(events) + 1
-    return elapsed
+    """``bus.publish_many`` as called by default: fast-ingest batches on 2.14+ servers."""
+    return await _bus_publish_many(url, events, fast_ingest=True)
 
 
-async def bus_publish_many_fast(url: str, events: list[OrderPlaced]) -> float:
+async def bus_publish_many_windowed(url: str, events: list[OrderPlaced]) -> float:
+    """``bus.publish_many(fast_ingest=False)``: one exact ack per event, any server."""
+    return await _bus_publish_many(url, events, fast_ingest=False)
+
+
+async def _bus_publish_many(url: str, events: list[OrderPlaced], *, fast_ingest: bool) -> float:
     async with EventBus.connect(service="bench", url=url) as bus:
         try:
             await bus.js.delete_stream(STREAM)
@@ -194,7 +204,7 @@ async def bus_publish_many_fast(url: str, events: list[OrderPlaced]) -> float:
         await bus.ensure_stream(OrderPlaced, name=STREAM, subjects=["bench.>"])  # allow_batched on 2.14+
         await bus.publish(OrderPlaced(order_id="warm-up", customer="x", amount=1, currency="EUR", items=1))
         start = time.perf_counter()
-        acks = await bus.publish_many(events, fast_ingest=True)
+        acks = await bus.publish_many(events, fast_ingest=fast_ingest)
         elapsed = time.perf_counter() - start
         assert len(acks) == len(events) and (await bus.js.stream_info(STREAM)).state.messages == len(events) + 1
     return elapsed
@@ -427,8 +437,8 @@ async def main(argv: list[str] | None = None) -> dict[str, object]:
         "core_publish": ("core nc.publish (no ack, ceiling)", core_publish, events),
         "store_ceiling_bare": ("server stores bare payloads, no acks (ceiling)", store_ceiling_bare, events),
         "store_ceiling": ("server stores the bus's messages, no acks (ceiling)", store_ceiling, events),
-        "bus_publish_many": ("bus.publish_many (windowed)", bus_publish_many, events),
-        "bus_publish_many_fast": ("bus.publish_many(fast_ingest=True)", bus_publish_many_fast, events),
+        "bus_publish_many": ("bus.publish_many (default: fast-ingest)", bus_publish_many, events),
+        "bus_publish_many_windowed": ("bus.publish_many(fast_ingest=False)", bus_publish_many_windowed, events),
         "raw_publish_sequential": ("await js.publish (one at a time)", raw_sequential_publish, few),
         "bus_publish_sequential": ("await bus.publish (one at a time)", bus_publish, few),
         "raw_fetch_ack_bare": ("pull fetch(500) + ack (bare payload)", raw_fetch_ack_bare, events),
@@ -469,16 +479,16 @@ async def main(argv: list[str] | None = None) -> dict[str, object]:
 
     pairs = {
         "publish_many_vs_publish_async": ("bus_publish_many", "raw_publish_async"),
-        "publish_many_fast_vs_publish_async": ("bus_publish_many_fast", "raw_publish_async"),
+        "publish_many_windowed_vs_publish_async": ("bus_publish_many_windowed", "raw_publish_async"),
         "publish_many_vs_publish_async_same_msgs": ("bus_publish_many", "raw_publish_async_same_msgs"),
-        "publish_many_fast_vs_publish_async_same_msgs": ("bus_publish_many_fast", "raw_publish_async_same_msgs"),
+        "publish_many_windowed_vs_publish_async_same_msgs": ("bus_publish_many_windowed", "raw_publish_async_same_msgs"),
         "consume_vs_fetch": ("bus_consume", "raw_fetch_ack_bare"),
         "consume_vs_fetch_same_msgs": ("bus_consume", "raw_fetch_ack"),
         "consume_vs_pull_callback_same_msgs": ("bus_consume", "raw_pull_callback"),
         "headers_cost_pull_callback": ("raw_pull_callback", "raw_pull_callback_bare"),
         "bus_publish_vs_js_publish": ("bus_publish_sequential", "raw_publish_sequential"),
         "publish_many_vs_core_ceiling": ("bus_publish_many", "core_publish"),
-        # above 2.5 only if the server can store the bus's messages 2.5x faster than bare publish_async
+        # what the server alone could do with these messages, against bare publish_async
         "store_ceiling_same_msgs_vs_publish_async": ("store_ceiling", "raw_publish_async"),
         "store_ceiling_bare_vs_publish_async": ("store_ceiling_bare", "raw_publish_async"),
         "consume_vs_faststream": ("bus_consume", "faststream_consume"),
