@@ -46,36 +46,36 @@ def _header_block(headers: Mapping[str, str]) -> bytes:
 Outbound = tuple[str, str, bytes, bytes, "Mapping[str, str] | None"]  # subject, reply, data, header block, headers
 
 
-async def _publish_blocks(nc: Client, messages: list[Outbound]) -> None:
-    """Publish messages whose header blocks are already rendered, in one write.
+def _writes_frames(nc: Client) -> bool:
+    """Whether ready protocol frames may go straight to the connection (plainly connected)."""
+    return getattr(nc, "_send_command", None) is not None and nc.is_connected and not nc.is_draining
 
-    Each is ``(subject, reply, data, block, headers)``; ``headers`` may be None when the
-    block says it all. nats-py's ``publish`` renders ten headers in ~40 us and writes each
-    message on its own; a chunk of frames costs a fraction of that. Falls back to
-    ``nc.publish`` per message whenever the connection is not plainly connected (so nats-py's
-    checks and its buffering during reconnects apply), a block is empty (nats-py encodes
-    those headers) or a message is too large (nats-py raises its error).
+
+def _frame(subject: bytes, reply: bytes, block: bytes, data: bytes) -> bytes:
+    """One HPUB protocol frame: what ``nc.publish`` writes for a message with headers."""
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject, reply, len(block), len(block) + len(data), block, data)
+
+
+async def _publish_frames(nc: Client, chunk: list[bytes | Outbound]) -> None:
+    """Publish a chunk of messages in order: ready frames in one write, the rest through nats-py.
+
+    A frame (bytes) is only ready while ``_writes_frames(nc)``; a message nats-py must
+    encode itself is ``(subject, reply, data, block, headers)`` (``headers`` None when the
+    block says it all) and goes through ``nc.publish``, so its checks, its buffering during
+    reconnects and its errors apply. nats-py's ``publish`` renders ten headers in ~40 us
+    and writes each message on its own; a chunk of ready frames costs a fraction of that.
     """
-    send = getattr(nc, "_send_command", None)
-    if send is None or not nc.is_connected or nc.is_draining:
-        for subject, reply, data, block, headers in messages:
-            await _publish_one(nc, subject, reply, data, block, headers)
-        return
-    limit = nc.max_payload
-    frames = []
-    for subject, reply, data, block, headers in messages:
-        if not block or len(block) + len(data) > limit:
-            if frames:  # keep the order: what came before goes first
-                await send(b"".join(frames))
-                frames.clear()
-            await _publish_one(nc, subject, reply, data, block, headers)
+    frames: list[bytes] = []
+    for item in chunk:
+        if type(item) is bytes:
+            frames.append(item)
             continue
-        frames.append(
-            b"HPUB %s %s %d %d\r\n%s%s\r\n"
-            % (subject.encode(), reply.encode(), len(block), len(block) + len(data), block, data)
-        )
+        if frames:  # keep the order: what came before goes first
+            await nc._send_command(b"".join(frames))
+            frames.clear()
+        await _publish_one(nc, *item)  # type: ignore[misc]
     if frames:
-        await send(b"".join(frames))
+        await nc._send_command(b"".join(frames))
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
 
@@ -206,7 +206,11 @@ def _parse_ack(msg: Msg) -> PubAck | Exception:
 
 
 def _retryable(result: object) -> bool:
-    return isinstance(result, (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError))
+    # no stream yet (JetStream restarting), no answer, or not sent (nats-py's outage buffer was full)
+    return isinstance(
+        result,
+        (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError, nats.errors.OutboundBufferLimitError),
+    )
 
 
 def _describe(result: object) -> str:

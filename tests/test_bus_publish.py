@@ -267,22 +267,29 @@ async def test_publish_many_by_default_retries_a_stalled_batch_and_stores_each_o
             assert (await bus.js.stream_info(stream)).state.messages == 3000
 
 
-async def test_publish_many_writes_what_it_cannot_frame_itself_through_nats_py(bus, nats_url, unique):
+async def test_publish_many_writes_what_it_cannot_frame_itself_through_nats_py_in_order(bus, unique):
     from nats.errors import MaxPayloadError
 
-    from buslib._wire import _header_block, _publish_blocks
+    from buslib._wire import _frame, _header_block, _publish_frames
 
     sub = await bus.nc.subscribe(f"tblocks{unique}.>")
     headers = {"a": "one\ntwo"}  # a line break: nats-py encodes (and cleans) it
-    await _publish_blocks(
+    await _publish_frames(
         bus.nc,
         [
-            (f"tblocks{unique}.x", "", b"1", _header_block({"k": "v"}), None),
+            _frame(f"tblocks{unique}.x".encode(), b"", _header_block({"k": "v"}), b"1"),
             (f"tblocks{unique}.y", "", b"2", _header_block(headers), headers),
+            (f"tblocks{unique}.z", "", b"3", _header_block({"k": "w"}), None),  # headers read back from the block
+            _frame(f"tblocks{unique}.x".encode(), b"", _header_block({"k": "u"}), b"4"),
         ],
     )
-    got = [await sub.next_msg(timeout=2), await sub.next_msg(timeout=2)]
-    assert [(m.data, m.headers) for m in got] == [(b"1", {"k": "v"}), (b"2", {"a": "one two"})]
-    with pytest.raises(MaxPayloadError):
+    got = [await sub.next_msg(timeout=2) for _ in range(4)]
+    assert [(m.data, m.headers) for m in got] == [
+        (b"1", {"k": "v"}),
+        (b"2", {"a": "one two"}),
+        (b"3", {"k": "w"}),
+        (b"4", {"k": "u"}),
+    ]
+    with pytest.raises(MaxPayloadError):  # too large: nats-py's own error
         big = b"x" * (bus.nc.max_payload + 1)
-        await _publish_blocks(bus.nc, [(f"tblocks{unique}.z", "", big, _header_block({"k": "v"}), None)])
+        await _publish_frames(bus.nc, [(f"tblocks{unique}.z", "", big, _header_block({"k": "v"}), None)])

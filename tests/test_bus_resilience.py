@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
 from _bus_helpers import wait_until
 
 from buslib import EventBus
@@ -38,6 +39,23 @@ async def test_publish_during_a_short_outage_is_stored_once(server, Order):
         await wait_until(lambda: bus.nc.is_connected)
         info = await bus.js.stream_info(ack.stream)
         assert info.state.messages == 1
+
+
+@pytest.mark.parametrize("fast_ingest", [True, False], ids=["fast-ingest", "windowed"])
+async def test_publish_many_through_an_outage_stores_every_event_once(server, Order, fast_ingest):
+    """The server crashes mid-call: what nats-py buffers while reconnecting and what the retries
+    send again (same ids) end up stored exactly once."""
+    events = [Order(order_id=f"O-{i}") for i in range(20_000)]
+    async with EventBus.connect(service="resilient", url=server.url, publish_timeout=1.0, publish_attempts=8) as bus:
+        stream = (await bus.ensure_stream(Order)).config.name
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, server.crash)  # a 20k-event call takes ~0.3 s or more
+        loop.call_later(0.6, server.restart)
+        acks = await bus.publish_many(events, fast_ingest=fast_ingest)
+        assert len(acks) == 20_000 and all(ack.stream == stream for ack in acks)
+        info = await bus.js.stream_info(stream)
+        assert info.state.messages == 20_000
+        assert bus.publish_retries > 0  # the crash really hit the call
 
 
 async def test_worker_without_reconnect_hook_resumes_via_heartbeats(server, Order):
