@@ -155,6 +155,15 @@ async def store_ceiling(url: str, events: list[OrderPlaced]) -> float:
     return await _store_ceiling(url, bus_messages(events))
 
 
+async def store_ceiling_sampled(url: str, events: list[OrderPlaced]) -> float:
+    """The same, with the trace marked sampled (``...-01``): nats-server 2.11+ then checks each
+    message for message tracing, even with tracing off (buslib starts traces unsampled)."""
+    messages = bus_messages(events)
+    for _, headers in messages:
+        headers[tracing.HEADER] = headers[tracing.HEADER][:-2] + "01"
+    return await _store_ceiling(url, messages)
+
+
 async def store_ceiling_bare(url: str, events: list[OrderPlaced]) -> float:
     """The same ceiling for bare payloads (no headers, no Nats-Msg-Id, so no dedup work)."""
     return await _store_ceiling(url, [(e.to_json(), None) for e in events])
@@ -437,6 +446,7 @@ async def main(argv: list[str] | None = None) -> dict[str, object]:
         "core_publish": ("core nc.publish (no ack, ceiling)", core_publish, events),
         "store_ceiling_bare": ("server stores bare payloads, no acks (ceiling)", store_ceiling_bare, events),
         "store_ceiling": ("server stores the bus's messages, no acks (ceiling)", store_ceiling, events),
+        "store_ceiling_sampled": ("the same, traceparent marked sampled (-01)", store_ceiling_sampled, events),
         "bus_publish_many": ("bus.publish_many (default: fast-ingest)", bus_publish_many, events),
         "bus_publish_many_windowed": ("bus.publish_many(fast_ingest=False)", bus_publish_many_windowed, events),
         "raw_publish_sequential": ("await js.publish (one at a time)", raw_sequential_publish, few),
@@ -491,6 +501,7 @@ async def main(argv: list[str] | None = None) -> dict[str, object]:
         # what the server alone could do with these messages, against bare publish_async
         "store_ceiling_same_msgs_vs_publish_async": ("store_ceiling", "raw_publish_async"),
         "store_ceiling_bare_vs_publish_async": ("store_ceiling_bare", "raw_publish_async"),
+        "sampled_traceparent_cost": ("store_ceiling_sampled", "store_ceiling"),
         "consume_vs_faststream": ("bus_consume", "faststream_consume"),
         "bus_publish_vs_faststream_publish": ("bus_publish_sequential", "faststream_publish"),
     }

@@ -14,6 +14,13 @@ publishes, and C handles, all three share A's trace id, and a log line or a dead
 can be tied back to the request that started it all. The current trace lives in a
 ``contextvars.ContextVar``, so concurrent handlers (asyncio tasks) never mix theirs up.
 No OpenTelemetry dependency: if you use it, its propagator reads the same header.
+
+Traces the bus starts are marked not sampled (flags ``00``): buslib records no spans itself,
+which is what the flag says. It also matters to the server: nats-server 2.11+ takes a
+sampled ``traceparent`` (``...-01``) as a request for message tracing and checks every such
+message for it, even with tracing switched off, which costs ~30% more server CPU per stored
+bus message (``sampled_traceparent_cost`` in benchmarks/bench_bus.py). An incoming trace
+keeps its flags: a real tracer's sampled ``01`` is passed on unchanged.
 """
 
 from __future__ import annotations
@@ -52,13 +59,14 @@ class TraceContext:
         trace_id: 32 hex digits shared by every span of the trace.
         span_id: 16 hex digits naming this span.
         parent_span_id: the span this one continues (``None`` for a trace's root).
-        flags: W3C trace flags (``"01"``: sampled).
+        flags: W3C trace flags: ``"00"`` for traces buslib starts (it records nothing
+            itself), an incoming trace's own (``"01"``: sampled by a tracer upstream).
     """
 
     trace_id: str
     span_id: str
     parent_span_id: str | None = None
-    flags: str = "01"
+    flags: str = "00"
 
     @property
     def traceparent(self) -> str:

@@ -13,7 +13,7 @@ OTEL_EXAMPLE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # from
 def test_outside_any_trace_there_is_no_current_trace_and_each_header_is_a_new_trace():
     assert tracing.current_trace() is None
     first, second = tracing.traceparent(), tracing.traceparent()
-    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", first)
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-00", first)  # not sampled: buslib records nothing
     assert first.split("-")[1] != second.split("-")[1]
 
 
@@ -23,7 +23,7 @@ def test_trace_continues_an_incoming_header_with_the_same_trace_id_and_a_new_spa
         assert span.parent_span_id == "00f067aa0ba902b7"
         assert span.span_id != "00f067aa0ba902b7"
         assert tracing.current_trace() is span
-        assert tracing.traceparent() == f"00-{span.trace_id}-{span.span_id}-01"
+        assert tracing.traceparent() == f"00-{span.trace_id}-{span.span_id}-01"  # the tracer's flags, kept
     assert tracing.current_trace() is None
 
 
