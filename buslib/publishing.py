@@ -357,6 +357,7 @@ class Publisher:
                     cut_off = err
                     break
                 n += len(chunk)
+                await asyncio.sleep(0)  # let nats-py's flusher write it now: the server starts on it
             while not finished.is_set() and nc.is_connected:
                 if await stalled(finished):
                     break
@@ -440,6 +441,7 @@ class Publisher:
                         if results[i] is None:
                             results[i] = err
                             outstanding -= 1
+                await asyncio.sleep(0)  # let nats-py's flusher write it now: the server starts on it
             while outstanding > 0:
                 try:
                     await asyncio.wait_for(settled.wait(), self.publish_timeout)
