@@ -11,9 +11,8 @@ absolute numbers. Methods run round-robin and each ratio is the median of per-ru
 so load changes hit both sides.
 
 Two baselines for each claim, because the bus sends more than a bare payload. Each bus
-message carries ~320 B in eight headers (CloudEvents ``ce-*``, ``Bus-Event-Version``,
-``Nats-Msg-Id``, ``traceparent``; ~400 B before ``ce-time`` and ``Content-Type`` were
-dropped) next to its ~200 B of JSON:
+message carries ~360 B in nine headers (CloudEvents ``ce-*``, ``Bus-Event-Version``,
+``Nats-Msg-Id``, ``traceparent``) next to its ~200 B of JSON:
 
 - bare: raw nats-py with the payload alone (``publish_many_vs_publish_async``,
   ``consume_vs_fetch``), the comparison as the kit's claims were first stated;
@@ -27,22 +26,32 @@ validate and ack each message) without anything else (no contexts, tracing, retr
 keep-alives). Run on bare payloads and on the bus's messages, it shows what the headers
 cost (``headers_cost_pull_callback``).
 
-What to expect (nats-server 2.15.1, 2 shared cores, 20k events, min / median / max of per-run
-ratios over 3 runs, load ~0.2-1.5; absolute rates vary +-30% with the machine's load):
+``store_ceiling`` is the server alone: the bus's messages encoded into protocol frames
+before the clock starts and written without asking for acks. ``store_ceiling_sampled`` is
+the same with the trace marked sampled (``-01``), which nats-server 2.11+ checks for message
+tracing on every message (``sampled_traceparent_cost``; the bus starts traces unsampled).
 
-- ``publish_many`` (windowed, the default): ~0.7 / 1.1 / 1.4x bare ``publish_async``,
-  ~1.5 / 1.5 / 2.2x the same messages; with ``fast_ingest=True`` ~0.9 / 1.6 / 1.8x bare,
-  ~2.0 / 2.2 / 2.8x the same messages. The ceiling is the server: storing these messages
-  with dedup runs at ~65-70k/s even when the client asks for no acks at all
-  (``store_ceiling``, ~1.7-1.9x bare ``publish_async``), while bare payloads go ~3x faster
-  (``store_ceiling_bare``). So 2.5x bare ``publish_async`` is out of reach for any client
-  sending these messages. The client spends ~7 us per event to encode it (pydantic JSON ~2.5 us,
-  headers) and ~1 us to serialise the header block.
-- The consumer: ~1.6 / 1.6 / 2.0x ``fetch(500)`` + ack of bare payloads, ~2.1 / 2.5 / 2.8x
-  the same messages, ~1.1x ``raw_pull_callback`` on the same messages (the bus's header parser
-  is ~5x cheaper than nats-py's). The eight headers are what limit every consumer: the
-  same hand-written consumer reads bare payloads ~2x faster (``headers_cost_pull_callback``
-  ~0.45-0.55), so the 64k/s measured for bare payloads is out of reach with these headers.
+What to expect (nats-server 2.15.1, 2 shared vCPUs, 20k events; each figure is the median of
+per-run ratios over 3 runs, shown for three runs of the script; absolute rates vary +-30%
+with the machine's load, so compare ratios):
+
+- ``publish_many`` (fast-ingest, the default on 2.14+): 2.84 / 1.83 / 2.64x bare
+  ``publish_async`` (9 runs of the script: 1.8-2.8x, median ~2.6x; it dips when
+  ``publish_async`` has a fast run), 4.6 / 4.5 / 3.4x the same messages. Windowed
+  (``fast_ingest=False``, and every server before 2.14): 1.7 / 1.3 / 1.8x bare, 2.9 / 2.9 /
+  2.0x the same messages. Where the time goes, per event: ~6.5 us of client CPU (pydantic
+  JSON ~2 us, the frame ~1.5 us, the rest asyncio and nats-py) and ~9-13 us of server CPU
+  (``Nats-Msg-Id`` dedup and the headers; bare payloads ~6 us), on the same two cores. The
+  server alone stores these messages 4-5x faster than bare ``publish_async``
+  (``store_ceiling``), so the client's CPU is what is left to win.
+- The consumer: 1.52 / 1.27 / 1.47x ``fetch(500)`` + ack of bare payloads, 2.1 / 1.9 / 2.2x
+  the same messages, ~1.0x ``raw_pull_callback`` on the same messages. It is bound by the
+  client's CPU, ~30 us a message: nats-py's receive path (protocol parser, message objects,
+  queue) ~17 us, the header block ~3 us even with the bus's parser (~5x cheaper than
+  nats-py's), pydantic validation ~3 us, the bus's own work (context, trace, in-flight
+  tracking, ack) ~7 us. The nine headers are what keep every consumer from the ~55k/s that
+  bare payloads reach: the same hand-written consumer reads bare payloads ~2x faster
+  (``headers_cost_pull_callback`` 0.4-0.56).
 """
 
 from __future__ import annotations
