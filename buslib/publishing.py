@@ -456,12 +456,13 @@ class Publisher:
 
 
 class _Messages:
-    """The messages of one ``publish_many`` call, each encoded when it is first sent.
+    """The messages of one ``publish_many`` call, each encoded as it is sent.
 
     Encoding while the server stores what was sent before hides most of its cost (encoding
-    up front took about a quarter of the call for 20k events). Checked before anything is
-    sent: every item's type and version. Events published in several versions (dual
-    publishing) or with unusual ids are encoded in full right away.
+    up front took about a quarter of the call for 20k events), and nothing is kept: a retry
+    encodes again (the same bytes). Checked before anything is sent: every item's type and
+    version. Events published in several versions (dual publishing) or with unusual ids are
+    encoded in full right away and kept.
     """
 
     def __init__(self, publisher: Publisher, events: list[Event], span: tracing.TraceContext) -> None:
