@@ -490,14 +490,18 @@ class _Messages:
     def __len__(self) -> int:
         return len(self._encoded)
 
+    def _render(self, k: int) -> tuple[bytes, bytes]:
+        """(header block, payload) of message ``k``, built from its event's head; nothing kept."""
+        event = self.events[self._owner[k]]
+        head = self._heads[type(event)][2]  # type: ignore[index]
+        return (head % (event.id, event.id)).encode(), event.to_json()
+
     def __getitem__(self, k: int) -> Prepared:
         found = self._encoded[k]
         if found is not None:
             return found
-        index = self._owner[k]
-        event = self.events[index]
-        subject, _, head = self._heads[type(event)]  # type: ignore[misc]
-        return index, subject, event.to_json(), (head % (event.id, event.id)).encode(), None
+        block, data = self._render(k)
+        return self._owner[k], self.subject(k), data, block, None
 
     def frame(self, k: int, reply: bytes, limit: int) -> bytes | None:
         """Message ``k`` as a ready protocol frame, or None: it goes through nats-py.
@@ -507,9 +511,8 @@ class _Messages:
         """
         found = self._encoded[k]
         if found is None:
-            event = self.events[self._owner[k]]
-            _, subject, head = self._heads[type(event)]  # type: ignore[misc]
-            block, data = (head % (event.id, event.id)).encode(), event.to_json()
+            subject = self._heads[type(self.events[self._owner[k]])][1]  # type: ignore[index]
+            block, data = self._render(k)
         else:
             _, text, data, block, _ = found
             subject = text.encode()
