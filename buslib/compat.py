@@ -153,7 +153,7 @@ def check(new: Any, old_or_history: Any, mode: Compatibility | str = Compatibili
     Raises:
         ContractError: a contract is not a model or schema, or the mode is unknown.
     """
-    mode = _to_mode(mode)
+    mode = parse_mode(mode)
     new_schema = _to_schema(new, "new")
     if isinstance(old_or_history, (list, tuple)):
         olds = [(f"v{i}", _to_schema(old, f"history[{i - 1}]")) for i, old in enumerate(old_or_history, 1)]
@@ -197,12 +197,17 @@ def _problem(path: str, rule: str, message: str) -> Incompatibility:
     return Incompatibility(path, rule, message[0].upper() + message[1:])
 
 
-def _to_mode(mode: Compatibility | str) -> Compatibility:
+def parse_mode(mode: Compatibility | str, where: str | None = None) -> Compatibility:
+    """A compatibility mode from its name (any case) or itself; a clear error for an unknown one.
+
+    ``where`` names the setting in the error (a config file's key, a CLI option).
+    """
     try:
         return Compatibility(mode.upper() if isinstance(mode, str) else mode)
     except ValueError:
         names = ", ".join(m.value for m in Compatibility)
-        raise ContractError(f"Unknown compatibility mode {mode!r}. Use one of: {names}.") from None
+        problem = f"unknown compatibility mode {mode!r}. Use one of: {names}."
+        raise ContractError(f"{where}: {problem}" if where else problem[0].upper() + problem[1:]) from None
 
 
 def _to_schema(contract: Any, name: str) -> Schema:

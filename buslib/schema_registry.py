@@ -30,7 +30,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
-from buslib.compat import Compatibility, check
+from buslib.compat import Compatibility, check, parse_mode
 from buslib.contracts import IncompatibleContractError, json_schema, parse_dataschema, require_contract
 from buslib.errors import ContractError
 
@@ -94,7 +94,7 @@ class SchemaRegistry:
         Raises:
             ContractError: the bucket does not exist and ``create`` is False, or the mode is unknown.
         """
-        mode = _mode(default_mode)
+        mode = parse_mode(default_mode)
         try:
             kv = await js.key_value(bucket)
         except BucketNotFoundError:
@@ -111,7 +111,7 @@ class SchemaRegistry:
             entry = await self.kv.get(f"mode.{_subject(event_type, version)}")
         except KeyNotFoundError:
             return self.default_mode
-        return _mode(entry.value.decode())
+        return parse_mode(entry.value.decode())
 
     async def set_mode(self, event_type: str, version: int, mode: str | Compatibility) -> None:
         """Set a subject's compatibility mode (checked at the next registration).
@@ -119,7 +119,7 @@ class SchemaRegistry:
         Raises:
             ContractError: unknown mode.
         """
-        await self.kv.put(f"mode.{_subject(event_type, version)}", _mode(mode).value.encode())
+        await self.kv.put(f"mode.{_subject(event_type, version)}", parse_mode(mode).value.encode())
 
     async def history(self, event_type: str, version: int) -> list[RegisteredSchema]:
         """Every revision of a subject, oldest first (empty if none)."""
@@ -237,11 +237,3 @@ class SchemaRegistry:
         except NoKeysError:
             return []
         return sorted({key.removeprefix("schema.").rsplit(".", 1)[0] for key in keys if key.startswith("schema.")})
-
-
-def _mode(mode: str | Compatibility) -> Compatibility:
-    try:
-        return Compatibility(mode.upper() if isinstance(mode, str) else mode)
-    except ValueError:
-        names = ", ".join(m.value for m in Compatibility)
-        raise ContractError(f"Unknown compatibility mode {mode!r}. Use one of: {names}.") from None

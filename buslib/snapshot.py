@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buslib.compat import Compatibility, CompatibilityReport, check
+from buslib.compat import Compatibility, CompatibilityReport, check, parse_mode
 from buslib.contracts import IncompatibleContractError, contracts, json_schema
 from buslib.errors import ContractError
 from buslib.events import Event
@@ -203,14 +203,6 @@ def _read_json(path: Path, directory: Path) -> Any:
         raise ContractError(f"{path} is corrupted: {err}. {_RESTORE.format(dir=directory)}") from None
 
 
-def _mode(value: Any, where: str) -> Compatibility:
-    try:
-        return Compatibility(str(value).upper())
-    except ValueError:
-        names = ", ".join(mode.value for mode in Compatibility)
-        raise ContractError(f"{where}: unknown compatibility mode {value!r}. Use one of: {names}.") from None
-
-
 def load_snapshot(directory: str | Path) -> Snapshot:
     """Read a snapshot folder.
 
@@ -228,9 +220,9 @@ def load_snapshot(directory: str | Path) -> Snapshot:
     config = _read_json(config_path, directory)
     if not isinstance(config, dict):
         raise ContractError(f"{config_path} is corrupted: expected a JSON object. {_RESTORE.format(dir=directory)}")
-    snapshot = Snapshot(directory, mode=_mode(config.get("compatibility", "BACKWARD"), str(config_path)))
+    snapshot = Snapshot(directory, mode=parse_mode(config.get("compatibility", "BACKWARD"), str(config_path)))
     for subject, mode in (config.get("subjects") or {}).items():
-        snapshot.overrides[subject] = _mode(mode, f"{config_path} subjects.{subject}")
+        snapshot.overrides[subject] = parse_mode(mode, f"{config_path} subjects.{subject}")
     for path in sorted(directory.glob("*.json")):
         if path.name == CONFIG_FILE:
             continue
@@ -364,7 +356,7 @@ def write_snapshot(
     else:
         snapshot = Snapshot(directory)
     if mode is not None:
-        snapshot.mode = _mode(mode, "--mode")
+        snapshot.mode = parse_mode(mode, "--mode")
     code = _code_contracts(modules)
     changes = _compare(snapshot, code)
     bad = [change for change in changes if not change.ok]
