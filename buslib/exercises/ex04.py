@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 from buslib.bus import durable_name
 from buslib.dlq import DeadLetterNotFound, DeadLetterQueue, ReplayResult
 from buslib.events import Event
-from buslib.exercises.checks import ConsumerConfigIs, delete_streams
+from buslib.exercises.checks import ConsumerConfigIs, _json_object, delete_streams
 from buslib.exercises.core import Check, Context, Fail, IsInstance, Question, Satisfies, ____, wait_until
 from buslib.retry import Retry
 
@@ -74,7 +73,7 @@ async def reset(js: Any) -> None:
 
 async def in_dead_letters(dlq: DeadLetterQueue, order_id: str) -> bool:
     """Whether order ``order_id`` is in the dead-letter queue (use it with wait_until)."""
-    return any(json.loads(entry.data).get("order_id") == order_id for entry in await dlq.list())
+    return any(_json_object(entry.data).get("order_id") == order_id for entry in await dlq.list())
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -96,12 +95,8 @@ class DeadLetters(Check):
         except DeadLetterNotFound:
             raise Fail(f"There is no dead-letter stream {self.stream}. Create it with "
                        f"`dlq = await DeadLetterQueue(bus, stream={self.stream!r}).setup()` (the setup cell does).") from None
-        found = {}
-        for entry in entries:
-            try:
-                found[json.loads(entry.data).get("order_id")] = entry
-            except ValueError:
-                continue
+        found = {_json_object(entry.data).get("order_id"): entry for entry in entries}
+        found.pop(None, None)  # not an order
         for order_id, (kind, deliveries) in self.expected.items():
             entry = found.get(order_id)
             if entry is None:

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from buslib.codec import decode
 from buslib.compat import Compatibility, check
 from buslib.events import Event
-from buslib.exercises.checks import EventContract, delete_streams, stored_messages
+from buslib.exercises.checks import EventContract, _json_object, _same, _stream_info, delete_streams, stored_messages
 from buslib.exercises.core import Check, Context, Fail, Question, ____, wait_until
 
 __all__ = ["____", "q1", "q2", "q3", "QUESTIONS", "reset", "wait_until", "STREAM", "REGISTRY_BUCKET",
@@ -80,22 +79,21 @@ class ReadsHistoryAs(Check):
         self.stream, self.subject, self.target, self.expected = stream, subject, target, expected
 
     async def verify(self, ctx: Context) -> None:
+        await _stream_info(ctx, self.stream)
         messages = await stored_messages(await ctx.js(), self.stream, self.subject)
         if len(messages) < len(self.expected):
             raise Fail(f"Stream {self.stream} has {len(messages)} message(s) on {self.subject}; expected the "
                        f"{len(self.expected)} of the history. Run the setup cell again.")
         for msg in messages:
-            sku = json.loads(msg.data).get("sku")
+            raw = _json_object(msg.data)
+            sku = raw.get("sku")
             try:
                 event = decode(msg.data, msg.headers, self.target)
             except Exception as err:
                 raise Fail(f"Reading stored message {msg.seq} ({sku}) as {self.target.__name__} failed: {err}") from None
             for field_name, want in self.expected.get(sku, {}).items():
                 got = getattr(event, field_name)
-                if isinstance(want, float) and isinstance(got, (int, float)) and abs(got - want) < 1e-9:
-                    continue
-                if got != want:
-                    raw = json.loads(msg.data)
+                if not _same(got, want):
                     raise Fail(f"The v1 event {raw} became {event.__class__.__name__} with {field_name}={got!r}; "
                                f"expected {want!r}.")
 
