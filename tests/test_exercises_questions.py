@@ -140,6 +140,16 @@ async def test_ex03_three_groups_instead_of_one_are_rejected_and_one_group_passe
     _incorrect(await ex03.q1.outcome_async({"handled": shared}), "There is no consumer for group 'packers'")
 
     _incorrect(await ex03.q2.outcome_async({"audited": []}), "There is no consumer for group 'audit'")
+    audited_events = []
+
+    async def audit(job, ctx):
+        audited_events.append(job)
+
+    sub = await bus.subscribe(ex03.PackingJob, group="audit", handler=audit)
+    await wait_until(lambda: len(audited_events) >= ex03.JOBS, timeout=20)
+    await sub.stop()
+    _incorrect(await ex03.q2.outcome_async({"audited": audited_events}), "keep their ids (audited.append(job.job_id))")
+    _incorrect(await ex03.q2.outcome_async({"audited": list(range(20))}), "audited holds 20 job id(s), 20 distinct")
 
 
 async def test_ex03_non_idempotent_handlers_charge_twice_and_are_rejected(js, bus):

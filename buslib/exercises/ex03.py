@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 
 from buslib.bus import durable_name
 from buslib.events import Event
-from buslib.exercises.checks import delete_streams
+from buslib.exercises.checks import _stream_info, delete_streams
 from buslib.exercises.core import Check, Context, Fail, IsInstance, Question, Satisfies, ____, wait_until
 from buslib.retry import Retry
 
@@ -140,6 +140,7 @@ class GroupConsumed(Check):
     count: int
 
     async def verify(self, ctx: Context) -> None:
+        await _stream_info(ctx, self.stream)
         js = await ctx.js()
         durable = durable_name(self.group, self.subject)
         try:
@@ -218,6 +219,8 @@ for sub in packers:
 def _audited(audited: Any):
     yield IsInstance("audited", audited, list, "Keep a list of the job ids the audit group saw.")
     yield GroupConsumed(STREAM, "audit", PackingJob.subject(), JOBS)
+    yield Satisfies("audited", audited, lambda seen: all(isinstance(job, int) for job in seen),
+                    "audited holds events; keep their ids (audited.append(job.job_id)).")
     yield Satisfies("audited", audited, lambda seen: sorted(seen) == list(range(JOBS)),
                     f"audited holds {len(audited)} job id(s), {len(set(audited))} distinct; expected every job "
                     f"0..{JOBS - 1} once. A new group starts at the beginning of the stream: wait for all of them.")
