@@ -11,8 +11,8 @@ The payload is the event's JSON (``version`` inside, as the seed article asks). 
 travels as CloudEvents headers in binary content mode (``ce-id``, ``ce-type``,
 ``ce-dataschema``, ...), so any tool can route on them without parsing the payload. The
 codec also sets ``Nats-Msg-Id`` (JetStream's dedup key); the bus adds ``traceparent``.
-The optional CloudEvents ``time`` and ``datacontenttype`` are left out: ``occurred_at`` is
-in every payload and every payload is JSON (docs/contracts.md says why).
+The content type goes as ``ce-datacontenttype`` (where the NATS binding puts it); the optional
+CloudEvents ``time`` is left out: ``occurred_at`` is in every payload (docs/contracts.md says why).
 
 Versions: :func:`encode` also emits the older forms of an event whose contract declares a
 down-converter (dual publishing); :func:`decode` reads an older version through upcasters.
