@@ -70,7 +70,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 
 from buslib import EmbeddedServer, Event, EventBus, tracing
-from buslib._wire import _header_block
+from buslib._wire import _frame, _header_block
 from buslib.codec import encode
 
 STREAM = "BENCH"
@@ -188,8 +188,7 @@ async def _store_ceiling(url: str, messages: list[tuple[bytes, dict[str, str] | 
         if headers is None:
             frames.append(b"PUB %s %d\r\n%s\r\n" % (subject, len(data), data))
         else:
-            block = _header_block(headers)
-            frames.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, len(block), len(block) + len(data), block, data))
+            frames.append(_frame(subject, b"", _header_block(headers), data))  # no reply: no ack asked
     chunks = [b"".join(frames[i : i + 500]) for i in range(0, len(frames), 500)]
     start = time.perf_counter()
     for chunk in chunks:
@@ -260,13 +259,7 @@ async def prefill(url: str, events: list[OrderPlaced]) -> None:
 
 
 async def prefill_bare(url: str, events: list[OrderPlaced]) -> None:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await fresh_stream(js)
-    for event in events:
-        await js.publish_async(OrderPlaced.subject(), event.to_json())
-    await js.publish_async_completed()
-    await nc.close()
+    await _publish_async(url, [(e.to_json(), None) for e in events])
 
 
 async def raw_fetch_ack_bare(url: str, events: list[OrderPlaced]) -> float:
