@@ -316,18 +316,25 @@ class EventBus(Publisher):
             if subject_matches(pattern, subject):
                 self._covered[subject] = name
                 return name
-        try:
-            stream = await self.js.find_stream_name_by_subject(subject)
-        except nats.js.errors.NotFoundError:
-            if not self.auto_create_streams:
-                raise PublishError(
-                    f"No stream stores subject {subject!r}, so the event was not published.\n"
-                    f"Create one first: await bus.ensure_stream({subject!r}) (stream {stream_name_for(subject)!r} "
-                    f"with subjects ['{subject.split('.')[0]}.>']), or `nats stream add`."
-                ) from None
-            stream = (await self.ensure_stream(subject)).config.name
+        stream = await self._find_or_create_stream(
+            subject,
+            PublishError(
+                f"No stream stores subject {subject!r}, so the event was not published.\n"
+                f"Create one first: await bus.ensure_stream({subject!r}) (stream {stream_name_for(subject)!r} "
+                f"with subjects ['{subject.split('.')[0]}.>']), or `nats stream add`."
+            ),
+        )
         self._covered[subject] = stream
         return stream
+
+    async def _find_or_create_stream(self, subject: str, missing: BusError) -> str:
+        """The stream that stores ``subject``; created when missing, else ``missing`` is raised."""
+        try:
+            return await self.js.find_stream_name_by_subject(subject)
+        except nats.js.errors.NotFoundError:
+            if not self.auto_create_streams:
+                raise missing from None
+            return (await self.ensure_stream(subject)).config.name
 
     # -- subscribing ------------------------------------------------------------------
     async def subscribe(
@@ -411,14 +418,9 @@ class EventBus(Publisher):
         if ack_wait < 0.5:
             raise ValueError(f"ack_wait is in seconds and must be at least 0.5, got {ack_wait}.")
         if stream is None:
-            try:
-                stream = await self.js.find_stream_name_by_subject(subject)
-            except nats.js.errors.NotFoundError:
-                if not self.auto_create_streams:
-                    raise BusError(
-                        f"No stream stores {subject!r}. Create it with await bus.ensure_stream(...)."
-                    ) from None
-                stream = (await self.ensure_stream(subject)).config.name
+            stream = await self._find_or_create_stream(
+                subject, BusError(f"No stream stores {subject!r}. Create it with await bus.ensure_stream(...).")
+            )
             for older in subjects[:-1]:
                 try:
                     other = await self.js.find_stream_name_by_subject(older)

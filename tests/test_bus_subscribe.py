@@ -394,3 +394,13 @@ async def test_a_group_shares_a_backlog_between_its_workers_by_default(nats_url,
     assert sorted(everything, key=int) == [str(i) for i in range(total)]  # no duplicates, nothing missing
     shares = sorted(len(orders) for orders in seen.values())
     assert shares[0] >= 0.15 * total, shares  # e.g. not 146/2/2
+
+
+async def test_subscribing_without_a_stream_and_auto_create_off_says_how_to_create_one(nats_url, Order):
+    from buslib import BusError
+
+    async def handle(event, ctx) -> None: ...
+
+    async with EventBus.connect(service="strict", url=nats_url, auto_create_streams=False) as bus:
+        with pytest.raises(BusError, match=r"No stream stores .*ensure_stream"):
+            await bus.subscribe(Order, group="billing", handler=handle)
