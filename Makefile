@@ -63,6 +63,7 @@ test: setup  ## lint, every test (browser and notebooks included), contracts che
 bench: setup  ## measure: server start time, then bus throughput
 	$(BIN)/python benchmarks/bench_server_start.py
 	$(BIN)/python benchmarks/bench_bus.py
+	$(BIN)/python benchmarks/bench_cpu.py
 
 clean:  ## remove caches and test artifacts (keeps .venv and your .buslib/ store)
 	rm -rf .pytest_cache .ruff_cache test-artifacts .jupyter-runtime build dist *.egg-info

@@ -36,22 +36,22 @@ per-run ratios over 3 runs, shown for three runs of the script; absolute rates v
 with the machine's load, so compare ratios):
 
 - ``publish_many`` (fast-ingest, the default on 2.14+): 2.84 / 1.83 / 2.64x bare
-  ``publish_async`` (9 runs of the script: 1.8-2.8x, median ~2.6x; it dips when
-  ``publish_async`` has a fast run), 4.6 / 4.5 / 3.4x the same messages. Windowed
-  (``fast_ingest=False``, and every server before 2.14): 1.7 / 1.3 / 1.8x bare, 2.9 / 2.9 /
-  2.0x the same messages. Where the time goes, per event: ~6.5 us of client CPU (pydantic
-  JSON ~2 us, the frame ~1.5 us, the rest asyncio and nats-py) and ~9-13 us of server CPU
-  (``Nats-Msg-Id`` dedup and the headers; bare payloads ~6 us), on the same two cores. The
-  server alone stores these messages 4-5x faster than bare ``publish_async``
-  (``store_ceiling``), so the client's CPU is what is left to win.
+  ``publish_async`` (8 runs: 1.83-2.84x, median 2.71x; it dips when ``publish_async`` has a
+  fast run), 4.6 / 4.5 / 3.4x the same messages. Windowed (``fast_ingest=False``, and every
+  server before 2.14): 1.7 / 1.3 / 1.8x bare, 2.9 / 2.9 / 2.0x the same messages. Where the
+  time goes (``bench_cpu.py`` measures it): ~5.5-7.5 us of client CPU per event (pydantic
+  JSON ~2 us, the frame ~1.5 us, the rest asyncio and nats-py) and ~11-12.5 us of server
+  CPU (``Nats-Msg-Id`` dedup and the headers), on the same two cores. The server alone
+  stores these messages 4-5x faster than bare ``publish_async`` (``store_ceiling``), so the
+  client's CPU is what is left to win.
 - The consumer: 1.52 / 1.27 / 1.47x ``fetch(500)`` + ack of bare payloads, 2.1 / 1.9 / 2.2x
   the same messages, ~1.0x ``raw_pull_callback`` on the same messages. It is bound by the
-  client's CPU, ~30 us a message: nats-py's receive path (protocol parser, message objects,
-  queue) ~17 us, the header block ~3 us even with the bus's parser (~5x cheaper than
-  nats-py's), pydantic validation ~3 us, the bus's own work (context, trace, in-flight
-  tracking, ack) ~7 us. The nine headers are what keep every consumer from the ~55k/s that
-  bare payloads reach: the same hand-written consumer reads bare payloads ~2x faster
-  (``headers_cost_pull_callback`` 0.4-0.56).
+  client's CPU, ~30 us a message (``bench_cpu.py``). From a profile: nats-py's receive path
+  (protocol parser, message objects, queue) ~17 us, the header block ~3 us even with the
+  bus's parser (~5x cheaper than nats-py's), pydantic validation ~3 us, the bus's own work
+  (context, trace, in-flight tracking, ack) ~7 us. The nine headers are what keep every
+  consumer from the ~55k/s that bare payloads reach: the same hand-written consumer reads
+  bare payloads ~2x faster (``headers_cost_pull_callback`` 0.4-0.56).
 """
 
 from __future__ import annotations
