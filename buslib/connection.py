@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import random
 import re
 import socket
 import threading
@@ -32,10 +31,12 @@ import nats
 import nats.errors
 from nats.aio.client import Client, Server
 
+from buslib._nats.info import jetstream_enabled
 from buslib.errors import ConnectError
+from buslib.retry import backoff_delay
 from buslib.server import EmbeddedServer
 
-__all__ = ["connect", "ensure_server", "embedded_server", "nats_url", "reconnect_delay"]
+__all__ = ["URL_ENV", "check_url", "connect", "embedded_server", "ensure_server", "redact", "server_urls"]
 
 URL_ENV = "NATS_URL"
 _SCHEMES = {"nats", "tls", "ws", "wss"}
@@ -73,9 +74,6 @@ def ensure_server() -> str:
     return embedded_server().url
 
 
-nats_url = ensure_server
-
-
 def check_url(url: str) -> str:
     """Validate a NATS URL such as ``nats://localhost:4222``; return it unchanged.
 
@@ -106,22 +104,30 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@,]*:)[^@/,]*@", r"\1***@", url)
 
 
-def reconnect_delay(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
-    """Exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)].
+def server_urls(url: str | list[str]) -> list[str]:
+    """The server URLs in ``url``: a list, or one string, comma-separated like ``NATS_URL`` for a cluster.
 
-    Args:
-        attempt: how many reconnect attempts failed so far (0 for the first).
+    nats-py takes a list but refuses a comma-separated string (Go clients and the ``nats``
+    CLI accept both).
+
+    Raises:
+        ConnectError: a URL is malformed.
     """
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
+    entries = url if isinstance(url, list) else url.split(",")
+    urls = [check_url(entry.strip()) for entry in entries if entry.strip()]
+    if not urls:
+        raise ConnectError(f"No NATS URL given ({url!r}). Expected something like nats://localhost:4222.")
+    return urls
 
 
 def _backoff_handler(servers: list[Server], server_info: dict[str, Any]) -> tuple[Server | None, float]:
+    # nats-py waits a fixed reconnect_time_wait; this hook gives exponential backoff with jitter.
     server = min(servers, key=lambda s: s.reconnects)
-    return server, reconnect_delay(server.reconnects)
+    return server, backoff_delay(server.reconnects)
 
 
 async def connect(
-    url: str | None = None,
+    url: str | list[str] | None = None,
     *,
     name: str | None = None,
     connect_timeout: float = 1.5,
@@ -131,7 +137,8 @@ async def connect(
     """Connect to NATS, failing fast the first time and reconnecting forever afterwards.
 
     Args:
-        url: the server; defaults to ``ensure_server()`` (``NATS_URL`` or the embedded one).
+        url: the server, or several (a list, or comma-separated like ``NATS_URL``) for a
+            cluster; defaults to ``ensure_server()`` (``NATS_URL`` or the embedded one).
         name: a connection name shown in the server's monitoring.
         connect_timeout: seconds per connection attempt; two attempts are made, and the whole
             first connect gives up after ``2 * connect_timeout + 1`` seconds (4 s by default).
@@ -144,7 +151,8 @@ async def connect(
     Raises:
         ConnectError: the URL is malformed, nothing answered, or JetStream is off.
     """
-    url = check_url(url) if url else ensure_server()
+    servers = server_urls(url or ensure_server())
+    url = ",".join(servers)
     problems: deque[BaseException] = deque(maxlen=1)  # the last thing that went wrong, for the message
     user_error_cb = options.pop("error_cb", None)
 
@@ -154,7 +162,7 @@ async def connect(
             await user_error_cb(err)
 
     settings: dict[str, Any] = {
-        "servers": [entry.strip() for entry in url.split(",")],
+        "servers": servers,
         "name": name,
         "connect_timeout": connect_timeout,
         "max_reconnect_attempts": 1,  # the first connect: one retry, then a clear error
@@ -181,7 +189,7 @@ async def connect(
             f"If {URL_ENV} is set, check it (unset it to use the embedded server)."
         ) from None
     nc.options["max_reconnect_attempts"] = -1  # connected once: from now on, never give up
-    if require_jetstream and not nc._server_info.get("jetstream"):
+    if require_jetstream and not await jetstream_enabled(nc):
         await nc.close()
         raise ConnectError(
             f"The NATS server at {redact(url)} has JetStream disabled, and the kit needs it to store messages.\n"

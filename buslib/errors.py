@@ -5,10 +5,28 @@
 True
 
 Every error is written for a learner: the first sentence says what happened, the
-rest says what was expected and what to try next.
+rest says what was expected and what to try next. Catch ``BusError`` for all of them.
+
+    BusError
+    ├── ServerError            the embedded nats-server: not found, not started, not stopped
+    ├── ConnectError           no connection: unreachable, malformed URL, no JetStream
+    ├── ConfigDriftError       a stream or consumer exists with other settings
+    ├── PublishError           an event was not stored
+    │   └── PublishManyError   some events of a publish_many call were not stored
+    ├── SubjectError           a subject or group name is not valid (also a ValueError)
+    ├── ContractError          a contract is invalid, unknown or incompatible
+    │   └── IncompatibleContractError
+    ├── DecodeError            a message cannot become the expected event
+    ├── FilterError            a dead-letter filter cannot be understood (also a ValueError)
+    └── DeadLetterNotFound     no such dead-letter entry or stream (also a LookupError)
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing only: nats-py's acknowledgement type
+    from nats.js.api import PubAck
 
 __all__ = [
     "BusError",
@@ -16,8 +34,13 @@ __all__ = [
     "ConnectError",
     "ConfigDriftError",
     "PublishError",
+    "PublishManyError",
+    "SubjectError",
     "ContractError",
+    "IncompatibleContractError",
     "DecodeError",
+    "FilterError",
+    "DeadLetterNotFound",
 ]
 
 
@@ -41,9 +64,51 @@ class PublishError(BusError):
     """An event was not stored (no stream covers the subject, or the server refused it)."""
 
 
+class PublishManyError(PublishError):
+    """Some events of one ``publish_many`` call were not stored. Publishing them all again is safe.
+
+    Attributes:
+        index: the position of the first event not stored, in the call's input.
+        event_id: that event's id.
+        stored: how many of the call's events were stored.
+        acks: one entry per event, in input order: its ``PubAck``, or ``None`` if not stored.
+    """
+
+    def __init__(self, message: str, *, index: int, event_id: str, stored: int, acks: list[PubAck | None]) -> None:
+        super().__init__(message)
+        self.index = index
+        self.event_id = event_id
+        self.stored = stored
+        self.acks = acks
+
+
+class SubjectError(BusError, ValueError):
+    """A subject or group name is not valid for NATS."""
+
+
 class ContractError(BusError):
     """An event contract is invalid, unknown or incompatible."""
 
 
+class IncompatibleContractError(ContractError):
+    """A contract change breaks the compatibility mode; ``reports`` say where and which rule.
+
+    Attributes:
+        reports: subject -> :class:`buslib.contracts.compat.CompatibilityReport` of each failing contract.
+    """
+
+    def __init__(self, message: str, reports: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.reports = reports
+
+
 class DecodeError(BusError):
     """A message could not be decoded into the expected event type (bad JSON, wrong shape)."""
+
+
+class FilterError(BusError, ValueError):
+    """A dead-letter filter (subject, reason, time, group) cannot be understood."""
+
+
+class DeadLetterNotFound(BusError, LookupError):
+    """No dead-letter entry has the asked-for id (or the dead-letter stream does not exist)."""

@@ -117,7 +117,10 @@ def _validate_declaration(cls: type[Event]) -> None:
 def _register(cls: type[Event]) -> None:
     key = (cls.event_type, cls.event_version)
     existing = _REGISTRY.get(key)
-    same_definition = existing is not None and (existing.__module__, existing.__qualname__) == (cls.__module__, cls.__qualname__)
+    same_definition = existing is not None and (existing.__module__, existing.__qualname__) == (
+        cls.__module__,
+        cls.__qualname__,
+    )
     if existing is not None and not same_definition:
         raise ContractError(
             f"Two classes declare event type {cls.event_type!r} version {cls.event_version}: "

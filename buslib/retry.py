@@ -22,7 +22,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-__all__ = ["Retry", "Reject", "Failure", "FailureKind", "DeadLetterSink"]
+__all__ = ["Retry", "Reject", "Failure", "FailureKind", "DeadLetterSink", "backoff_delay"]
+
+
+def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
+    """Exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)].
+
+    The one formula for every wait-and-try-again of the kit (reconnects, publish retries,
+    a pull loop that lost its server): the jitter keeps many clients from retrying in
+    lockstep, the cap keeps a long outage from growing the wait without bound.
+
+    Args:
+        attempt: how many tries failed so far (0 for the first retry).
+        base: seconds of the first step; each failure doubles it.
+        cap: the longest wait, in seconds.
+    """
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
 
 
 class Reject(Exception):

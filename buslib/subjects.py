@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import re
 
-from buslib.errors import BusError
+from buslib.errors import SubjectError
 
-__all__ = ["SubjectError", "check_subject", "durable_name", "stream_name_for", "subject_matches"]
+__all__ = ["check_subject", "durable_name", "stream_name_for", "subject_matches"]
 
 _TOKEN_RE = re.compile(r"^[^\s.*>]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-class SubjectError(BusError, ValueError):
-    """A subject or a name derived from it is not valid NATS syntax."""
 
 
 def check_subject(subject: object, *, wildcards: bool = False) -> str:

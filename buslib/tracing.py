@@ -142,7 +142,7 @@ class _Deferred:
 def current_trace() -> TraceContext | None:
     """The span this code runs in, or ``None`` outside any trace."""
     span = _current.get()
-    return span.resolve() if type(span) is _Deferred else span
+    return span.resolve() if isinstance(span, _Deferred) else span
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import functools
 import types
 from typing import Any
 
-from buslib import Event, lab
+from buslib import Event, teaching
 
 
 def make_event(type_name: str, class_name: str = "Order", *, event_version: int = 1, **fields: Any) -> type[Event]:
@@ -17,8 +17,8 @@ def make_event(type_name: str, class_name: str = "Order", *, event_version: int 
     return types.new_class(class_name, (Event,), kwds, lambda ns: ns.update(namespace))
 
 
-# buslib.lab's wait_until, more patient: the test machine is shared
-wait_until = functools.partial(lab.wait_until, timeout=15.0, interval=0.02)
+# buslib.teaching's wait_until, more patient: the test machine is shared
+wait_until = functools.partial(teaching.wait_until, timeout=15.0, interval=0.02)
 
 
 class HoldingProxy:

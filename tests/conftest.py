@@ -16,8 +16,8 @@ from _bus_helpers import make_event
 
 import buslib
 from buslib import Event, EventBus
-from buslib.bus import stream_name_for
 from buslib.server import EmbeddedServer
+from buslib.subjects import stream_name_for
 
 _shared: EmbeddedServer | None = None
 _previous_url: str | None = None

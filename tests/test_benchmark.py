@@ -35,4 +35,6 @@ async def test_bench_cpu_reports_client_and_server_cpu_for_every_method():
         "server stores the bus's messages (-00)",
         "the same, trace sampled (-01)",
     }
-    assert all(r["msgs_per_s"] > 0 and r["client_us_per_msg"] >= 0 and r["server_us_per_msg"] >= 0 for r in results.values())
+    assert all(
+        r["msgs_per_s"] > 0 and r["client_us_per_msg"] >= 0 and r["server_us_per_msg"] >= 0 for r in results.values()
+    )

@@ -10,7 +10,7 @@ import pytest
 from _bus_helpers import wait_until
 
 from buslib import Event, Failure, Reject, Retry
-from buslib.bus import durable_name
+from buslib.subjects import durable_name
 
 
 async def consumer_settled(bus, stream, durable, timeout: float = 5.0) -> bool:

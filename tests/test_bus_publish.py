@@ -10,7 +10,7 @@ from nats.js.api import DiscardPolicy, StorageType
 from nats.js.errors import NotFoundError
 
 from buslib import ConfigDriftError, EventBus, PublishError, SubjectError, tracing
-from buslib.bus import stream_name_for
+from buslib.subjects import stream_name_for
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ async def test_publish_many_fast_ingest_stores_each_event_once(bus, Order, strea
     acks = await bus.publish_many(events)
     assert len(acks) == 1200 and all(a.stream == stream for a in acks)
     assert (await bus.js.stream_info(stream)).state.messages == 1200
-    if bus.api_level >= 4:
+    if await bus.api_level() >= 4:
         assert info.config.allow_batched  # ensure_stream enables batching where it exists
         assert acks[0].batch_id and acks[-1].seq == 1200 and acks[-1].batch_size == 1200
     else:
@@ -182,7 +182,7 @@ async def test_publish_many_fast_ingest_error_names_the_first_event_not_stored(b
 def test_the_bus_header_parser_reads_headers_exactly_like_nats_py():
     from nats.aio.client import Client
 
-    from buslib.bus import _parse_header_lines
+    from buslib._nats.headers import parse_header_lines
 
     samples = [
         b"ce-id: 1\r\nce-type: orders.created\r\ntraceparent: 00-ab-cd-01\r\n\r\n",
@@ -194,19 +194,19 @@ def test_the_bus_header_parser_reads_headers_exactly_like_nats_py():
         b"",
     ]
     for raw in samples:
-        assert _parse_header_lines(raw) == Client._parse_header_lines(raw), raw
+        assert parse_header_lines(raw) == Client._parse_header_lines(raw), raw
 
 
 def test_header_blocks_are_what_nats_py_would_send_and_line_breaks_fall_back():
     from nats.aio.client import Client
 
-    from buslib.bus import _header_block
+    from buslib._nats.headers import header_block
 
     headers = {"ce-id": "1", "traceparent": "00-ab-cd-01", "Nats-Msg-Id": "x:y"}
-    block = _header_block(headers)
+    block = header_block(headers)
     assert block.startswith(b"NATS/1.0\r\n") and block.endswith(b"\r\n\r\n")
     assert Client._parse_header_lines(block[len(b"NATS/1.0\r\n") :]) == headers
-    assert _header_block({"a": "one\ntwo"}) == b"" and _header_block({"a": "one\rtwo"}) == b""
+    assert header_block({"a": "one\ntwo"}) == b"" and header_block({"a": "one\rtwo"}) == b""
 
 
 @pytest.mark.parametrize("fast_ingest", [True, False], ids=["fast-ingest", "windowed"])
@@ -270,17 +270,19 @@ async def test_publish_many_by_default_retries_a_stalled_batch_and_stores_each_o
 async def test_publish_many_writes_what_it_cannot_frame_itself_through_nats_py_in_order(bus, unique):
     from nats.errors import MaxPayloadError
 
-    from buslib._wire import _frame, _header_block, _publish_frames
+    from buslib._nats.fastpath import publish_frames
+    from buslib._nats.headers import header_block
+    from buslib._nats.protocol import hpub_frame
 
     sub = await bus.nc.subscribe(f"tblocks{unique}.>")
     headers = {"a": "one\ntwo"}  # a line break: nats-py encodes (and cleans) it
-    await _publish_frames(
+    await publish_frames(
         bus.nc,
         [
-            _frame(f"tblocks{unique}.x".encode(), b"", _header_block({"k": "v"}), b"1"),
-            (f"tblocks{unique}.y", "", b"2", _header_block(headers), headers),
-            (f"tblocks{unique}.z", "", b"3", _header_block({"k": "w"}), None),  # headers read back from the block
-            _frame(f"tblocks{unique}.x".encode(), b"", _header_block({"k": "u"}), b"4"),
+            hpub_frame(f"tblocks{unique}.x".encode(), b"", header_block({"k": "v"}), b"1"),
+            (f"tblocks{unique}.y", "", b"2", header_block(headers), headers),
+            (f"tblocks{unique}.z", "", b"3", header_block({"k": "w"}), None),  # headers read back from the block
+            hpub_frame(f"tblocks{unique}.x".encode(), b"", header_block({"k": "u"}), b"4"),
         ],
     )
     got = [await sub.next_msg(timeout=2) for _ in range(4)]
@@ -292,4 +294,4 @@ async def test_publish_many_writes_what_it_cannot_frame_itself_through_nats_py_i
     ]
     with pytest.raises(MaxPayloadError):  # too large: nats-py's own error
         big = b"x" * (bus.nc.max_payload + 1)
-        await _publish_frames(bus.nc, [(f"tblocks{unique}.z", "", big, _header_block({"k": "v"}), None)])
+        await publish_frames(bus.nc, [(f"tblocks{unique}.z", "", big, header_block({"k": "v"}), None)])

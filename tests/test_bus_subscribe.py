@@ -10,7 +10,7 @@ import pytest
 from _bus_helpers import make_event, wait_until
 
 from buslib import ConfigDriftError, Event, EventBus, MessageContext, Retry, SubjectError, tracing
-from buslib.bus import durable_name
+from buslib.subjects import durable_name
 
 
 async def test_workers_in_one_group_see_disjoint_sets_whose_union_is_everything(nats_url, bus, Order, stream):

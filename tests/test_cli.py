@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import buslib
-from buslib.doctor import Check, check_lab_extension, check_python, check_server_binary, parse_version, report
+from buslib.cli.doctor import report
 from buslib.server import pid_alive
+from buslib.teaching.doctor import Finding, check_lab_extension, check_python, check_server_binary, parse_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,12 +101,12 @@ def test_lab_extension_check_finds_the_widgets_extension():
 
 def test_report_prints_the_fix_and_returns_1_on_any_failure():
     lines: list[str] = []
-    code = report([Check("a", True, "fine"), Check("b", False, "broken", "do X\nthen Y")], write=lines.append)
+    code = report([Finding("a", True, "fine"), Finding("b", False, "broken", "do X\nthen Y")], write=lines.append)
     assert code == 1
     assert lines[0] == "  OK    a: fine"
     assert lines[1] == "  FAIL  b: broken"
     assert lines[2].strip() == "fix: do X" and lines[3].strip() == "then Y"
-    assert report([Check("a", True, "fine")], write=lines.append) == 0
+    assert report([Finding("a", True, "fine")], write=lines.append) == 0
 
 
 # -- server -------------------------------------------------------------------------------

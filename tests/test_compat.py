@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from buslib.compat import (
+from buslib.contracts.compat import (
     Compatibility,
     CompatibilityReport,
     Incompatibility,

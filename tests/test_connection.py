@@ -14,8 +14,9 @@ import pytest
 
 import buslib
 import buslib.connection as connection
-from buslib.connection import check_url, reconnect_delay, redact
+from buslib.connection import check_url, redact
 from buslib.errors import ConnectError
+from buslib.retry import backoff_delay
 from buslib.server import EmbeddedServer
 
 # The promise of issue 2: a dead or silent server is reported within 5 s (nats-py's default
@@ -217,18 +218,18 @@ async def test_a_server_without_jetstream_is_refused_with_the_fix():
 # -- reconnect forever, with backoff and jitter ------------------------------------------------
 
 
-def test_reconnect_delay_grows_exponentially_up_to_the_cap():
+def test_backoff_delay_grows_exponentially_up_to_the_cap():
     for attempt in range(12):
         ceiling = min(5.0, 0.1 * 2**attempt)
-        delays = [reconnect_delay(attempt) for _ in range(200)]
+        delays = [backoff_delay(attempt) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling / 2  # it does use the range: waits grow with attempts
-    assert reconnect_delay(10_000) <= 5.0  # no overflow for a very long outage
+    assert backoff_delay(10_000) <= 5.0  # no overflow for a very long outage
 
 
-def test_reconnect_delay_has_jitter():
+def test_backoff_delay_has_jitter():
     """Two clients that lost the same server must not retry in lockstep."""
-    delays = {round(reconnect_delay(5), 6) for _ in range(50)}
+    delays = {round(backoff_delay(5), 6) for _ in range(50)}
     assert len(delays) > 40
 
 

@@ -10,7 +10,6 @@ import pytest
 from pydantic import BaseModel
 
 from buslib import EventBus
-from buslib.codec import decode, encode, message_version
 from buslib.contracts import (
     convert,
     dataschema,
@@ -22,6 +21,7 @@ from buslib.contracts import (
     subjects_readable_by,
     upcaster,
 )
+from buslib.contracts.codec import decode, encode, message_version
 from buslib.errors import ContractError, DecodeError
 from buslib.events import Event
 from buslib.retry import Failure, Retry

@@ -12,18 +12,12 @@ import pytest
 from nats.js.api import ConsumerConfig
 
 import buslib
-from buslib.dlq import (
-    REPLAYED_FROM,
-    DeadLetter,
-    DeadLetterFilter,
-    DeadLetterNotFound,
-    DeadLetterQueue,
-    FilterError,
-    subject_matches,
-)
+from buslib.dlq import DeadLetter, DeadLetterFilter, DeadLetterNotFound, DeadLetterQueue, FilterError
+from buslib.dlq.entry import REPLAYED_FROM
 from buslib.errors import ConfigDriftError
-from buslib.lab import wait_until
 from buslib.retry import Failure
+from buslib.subjects import subject_matches
+from buslib.teaching import wait_until
 
 
 class Env:
@@ -197,13 +191,13 @@ async def test_list_filters_by_subject_reason_time_and_group(env):
     [
         ({"since": "yesterday"}, "is not a time"),
         ({"until": "10 parsecs"}, "is not a time"),
-        ({"since": "1m", "until": "1h"}, "is after --until"),
+        ({"since": "1m", "until": "1h"}, "is after until"),
         ({"subject": "orders..created"}, "not a valid NATS subject pattern"),
         ({"subject": "orders.>.v1"}, "not a valid NATS subject pattern"),
         ({"subject": "ord*rs"}, "not a valid NATS subject pattern"),
         ({"reason": "/([a-z/"}, "not a valid regular expression"),
-        ({"reason": "  "}, "--reason is empty"),
-        ({"group": ""}, "--group is empty"),
+        ({"reason": "  "}, "reason filter is empty"),
+        ({"group": ""}, "group filter is empty"),
     ],
 )
 def test_bad_filters_are_refused_with_a_clear_reason(kwargs, words):

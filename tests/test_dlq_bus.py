@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from buslib import Event, EventBus, Reject, Retry
 from buslib.dlq import DeadLetterQueue
-from buslib.lab import wait_until
+from buslib.teaching import wait_until
 
 
 class DlqTestOrder(Event, type="dlqtest.order"):

@@ -97,9 +97,10 @@ def test_ls_lists_every_entry_with_its_reason(filled, capsys):
     code, out, _ = run(capsys, "--stream", filled.dlq, "ls")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["ID", "LAST", "FAILURE", "KIND", "GROUP"]
-    assert [line.split()[0] for line in lines[1:4]] == ["1", "2", "3"]
-    assert "ValueError: amount must be positive" in lines[1] and f"{filled.prefix}.orders.created" in lines[1]
+    assert lines[0].startswith(f"Dead letters in {filled.dlq} on nats://127.0.0.1:")  # which server it looked at
+    assert lines[1].split()[:5] == ["ID", "LAST", "FAILURE", "KIND", "GROUP"]
+    assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
+    assert "ValueError: amount must be positive" in lines[2] and f"{filled.prefix}.orders.created" in lines[2]
     assert "3 dead letter(s)" in lines[-1]
 
 
@@ -162,10 +163,10 @@ def test_purge_needs_ids_filters_or_all(filled, capsys):
     ("args", "words"),
     [
         (["ls", "--since", "last tuesday"], "is not a time"),
-        (["ls", "--since", "5m", "--until", "1h"], "is after --until"),
+        (["ls", "--since", "5m", "--until", "1h"], "is after until"),
         (["ls", "--subject", "orders..x"], "not a valid NATS subject pattern"),
         (["replay", "--reason", "/(unclosed/"], "not a valid regular expression"),
-        (["purge", "--group", " "], "--group is empty"),
+        (["purge", "--group", " "], "group filter is empty"),
     ],
 )
 def test_bad_filters_exit_2_with_a_clear_message_and_change_nothing(filled, capsys, args, words, nats_url):
@@ -180,14 +181,17 @@ def test_a_bad_id_is_refused_by_the_parser(capsys):
     assert exit_info.value.code == 2 and "'seven' is not an entry id" in capsys.readouterr().err
 
 
-def test_the_command_works_against_an_embedded_server_when_nats_url_is_unset():
+def test_without_a_server_named_it_refuses_instead_of_reporting_an_empty_throwaway_server():
+    """An embedded server started just for `ls` would be empty: a reassuring answer about the wrong server."""
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     done = subprocess.run(
         [sys.executable, "-m", "buslib", "dlq", "ls"], env=env, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 0, done.stderr
-    assert "No dead letters: there is no stream DEAD_LETTERS" in done.stdout
-    done = subprocess.run(
-        [sys.executable, "-m", "buslib", "dlq", "show", "1"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 1 and "no dead-letter stream DEAD_LETTERS" in done.stderr
+    assert done.returncode == 2 and done.stdout == ""
+    assert "Neither --url nor NATS_URL says" in done.stderr and "buslib server" in done.stderr
+
+
+def test_ls_of_a_queue_that_does_not_exist_names_the_server_and_fails(capsys, unique, nats_url):
+    code, out, err = run(capsys, "--stream", f"NO_DLQ_{unique}", "ls")
+    assert code == 1 and out == ""
+    assert f"no dead-letter stream NO_DLQ_{unique} on {nats_url}" in err and "Is this the server" in err

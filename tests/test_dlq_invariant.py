@@ -18,7 +18,7 @@ from collections import Counter
 
 from buslib import Event, EventBus, Retry
 from buslib.dlq import DeadLetterQueue
-from buslib.lab import wait_until
+from buslib.teaching import wait_until
 
 
 class InvItem(Event, type="dlqinv.item"):

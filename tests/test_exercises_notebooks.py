@@ -11,7 +11,7 @@ import pytest
 
 from buslib.cli import main as cli
 from buslib.exercises import questions
-from buslib.progress import progress, run_notebook
+from buslib.exercises.progress import progress, run_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 LEARNER = sorted((ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
@@ -79,6 +79,6 @@ def test_solution_in_strict_mode_fails_loudly_when_its_answer_is_wrong(tmp_path)
 
 def test_progress_explains_a_wrong_folder_or_filter(tmp_path, capsys):
     assert cli(["progress", "--dir", str(tmp_path / "nope")]) == 1
-    assert "is not a folder. Point --dir at the folder with your exercise notebooks" in capsys.readouterr().err
+    assert "is not a folder. Give the folder that holds the exercise notebooks" in capsys.readouterr().err
     assert cli(["progress", "--dir", str(ROOT / "exercises"), "--only", "42"]) == 1
     assert "No exercise notebooks (named like 01_persistence.ipynb)" in capsys.readouterr().err

@@ -90,7 +90,7 @@ async def test_ex02_publish_and_trace_accept_the_bus_and_reject_raw_and_new_trac
     _incorrect(await ex02.q3.outcome_async({"bill": bill_raw}), "has no traceparent header")
 
     await ex02.reset(js)
-    bus._covered.clear()
+    bus.streams.forget()
     await bus.publish(ShipmentDispatched(shipment_id="S-1", weight_kg=2.5))
     invoices.clear()
 
@@ -110,7 +110,7 @@ async def test_ex03_three_groups_instead_of_one_are_rejected_and_one_group_passe
     from buslib.exercises import ex03
 
     await ex03.reset(js)
-    bus._covered.clear()
+    bus.streams.forget()
     handled = {"w1": [], "w2": [], "w3": []}
 
     def packer(name):
@@ -156,7 +156,7 @@ async def test_ex03_non_idempotent_handlers_charge_twice_and_are_rejected(js, bu
     from buslib.exercises import ex03
 
     await ex03.reset(js)
-    bus._covered.clear()
+    bus.streams.forget()
     ledger = ex03.Ledger()
 
     async def naive(event, ctx):
@@ -202,7 +202,7 @@ async def test_ex04_wrong_policies_and_a_retried_rejection_are_rejected(js, bus)
     from buslib.retry import Retry
 
     await ex04.reset(js)
-    bus._covered.clear()
+    bus.streams.forget()
     shipping = ex04.Shipping()
     _incorrect(
         await ex04.q1.outcome_async({"policy": Retry(max_deliver=3), "shipping": shipping}),
@@ -282,12 +282,12 @@ async def test_ex05_a_required_new_field_fails_backward_and_a_default_passes(for
 async def test_ex05_upcaster_and_registry(js, bus):
     from pydantic import BaseModel
 
-    from buslib import contracts
+    from buslib.contracts import versions
+    from buslib.contracts.registry import SchemaRegistry
     from buslib.exercises import ex05
-    from buslib.schema_registry import SchemaRegistry
 
     await ex05.reset(js)
-    bus._covered.clear()
+    bus.streams.forget()
     await ex05.publish_product_history(bus)
     key = ("ex05.products.added", 1)
     _incorrect(
@@ -298,18 +298,18 @@ async def test_ex05_upcaster_and_registry(js, bus):
     def product_v1_to_v2(old):  # forgot the cents
         return ex05.ProductAddedV2(sku=old.sku, price=old.price_cents, currency="EUR")
 
-    contracts._UPCASTERS[key] = (ex05.ProductAddedV2, product_v1_to_v2)
+    versions._UPCASTERS[key] = (ex05.ProductAddedV2, product_v1_to_v2)
     try:
         _incorrect(
             await ex05.q2.outcome_async({"product_v1_to_v2": product_v1_to_v2}), "with price=1999.0; expected 19.99"
         )
-        contracts._UPCASTERS[key] = (
+        versions._UPCASTERS[key] = (
             ex05.ProductAddedV2,
             lambda old: {"sku": old.sku, "price": old.price_cents / 100, "currency": "EUR"},
         )
         assert (await ex05.q2.outcome_async({"product_v1_to_v2": product_v1_to_v2})).correct
     finally:
-        contracts._UPCASTERS.pop(key, None)
+        versions._UPCASTERS.pop(key, None)
 
     _incorrect(await ex05.q3.outcome_async({"registry": object()}), "no schema registry bucket 'EX05_SCHEMAS'")
     registry = await SchemaRegistry.open(js, bucket=ex05.REGISTRY_BUCKET)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from buslib import server as server_module
 from buslib.server import find_server_binary
+from buslib.server.watchdog import watchdog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_compose_server_flags_give_a_server_whose_healthcheck_passes(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    server_module._watchdog().guard(proc.pid, None)  # killed even if this test run is killed
+    watchdog().guard(proc.pid, None)  # killed even if this test run is killed
     try:
         url = f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
         deadline = time.monotonic() + 20
@@ -92,7 +92,7 @@ def test_compose_server_flags_give_a_server_whose_healthcheck_passes(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
-        server_module._watchdog().release(proc.pid)
+        watchdog().release(proc.pid)
 
 
 # -- environment.yml --------------------------------------------------------------------------

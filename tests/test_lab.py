@@ -1,4 +1,4 @@
-"""The lesson helpers in buslib.lab: they must fail when a lesson's claim is false."""
+"""The lesson helpers in buslib.teaching: they must fail when a lesson's claim is false."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from buslib.lab import expect_error, timed, wait_until
+from buslib.teaching import expect_error, timed, wait_until
 
 
 def test_expect_error_keeps_the_expected_error() -> None:
@@ -83,5 +83,5 @@ async def test_wait_until_accepts_coroutine_functions() -> None:
 
 
 async def test_wait_until_fails_with_a_readable_message() -> None:
-    with pytest.raises(AssertionError, match="all 3 messages handled never became true"):
+    with pytest.raises(TimeoutError, match="for all 3 messages handled, in vain"):
         await wait_until(lambda: False, timeout=0.05, interval=0.01, what="all 3 messages handled")

@@ -7,12 +7,12 @@ import asyncio
 import jsonschema
 import pytest
 
-from buslib.codec import encode
-from buslib.compat import Compatibility
 from buslib.contracts import IncompatibleContractError, json_schema
+from buslib.contracts.codec import encode
+from buslib.contracts.compat import Compatibility
+from buslib.contracts.registry import SchemaRegistry
 from buslib.errors import ContractError
 from buslib.events import Event
-from buslib.schema_registry import SchemaRegistry
 
 
 class TicketV1(Event, type="tregistry.ticket.sold", version=1):

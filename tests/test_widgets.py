@@ -9,15 +9,15 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
-from buslib.widgets import (
+from buslib.teaching import (
     DeadLetterTable,
     StatusPanel,
-    Timeline,
     WorkerCounts,
     dead_letter_table,
     delivery_timeline,
     status_panel,
 )
+from buslib.teaching.charts import Timeline
 
 
 async def _wait_for(predicate, *, timeout: float = 10.0) -> None:

@@ -5,7 +5,7 @@
 >>> q1.hint(); q1.solution()                                                    # doctest: +SKIP
 
 Or ``ex = buslib.exercises.load("01")`` and ``ex.q1.check()``. ``buslib progress`` runs every
-exercise notebook headless and reports each question's status (see :mod:`buslib.progress`).
+exercise notebook headless and reports each question's status (see :mod:`buslib.exercises.progress`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def _json_object(data: bytes | None) -> dict[str, Any]:
 
 async def stored_messages(js: Any, stream: str, subject: str) -> list[Any]:
     """Every message of ``stream`` on ``subject`` (wildcards allowed), oldest first."""
-    found, seq = [], 1
+    found: list[Any] = []
+    seq = 1
     while True:
         try:
             msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)

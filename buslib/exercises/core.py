@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
-from buslib import lab
+from buslib.teaching.helpers import wait_until
 
 __all__ = [
     "MIME_TYPE",
@@ -471,23 +471,3 @@ def _run_in_thread(coro: Any, *, timeout: float) -> Any:
             raise TimeoutError(f"The check did not finish within {timeout:.0f} s. Is the server reachable?") from None
         raise err
     return box["value"]
-
-
-async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "the condition") -> Any:
-    """Wait (without blocking the notebook) until ``predicate()`` is truthy; return its value.
-
-    Args:
-        predicate: a function, or an async function, checked every 20 ms.
-        timeout: seconds before giving up.
-        what: words for the error, e.g. ``"3 invoices"``.
-
-    Raises:
-        TimeoutError: ``predicate()`` stayed falsy for ``timeout`` seconds.
-    """
-    try:
-        return await lab.wait_until(predicate, timeout=timeout, interval=0.02, what=what)
-    except AssertionError:  # lessons assert; a learner's cell gets a hint about where to look instead
-        raise TimeoutError(
-            f"Waited {timeout:g} s for {what}, in vain. Did the handler run (is the subscription "
-            "started, on the right group and event type)?"
-        ) from None

@@ -14,11 +14,11 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from buslib.bus import durable_name
 from buslib.events import Event
 from buslib.exercises.checks import _stream_info, delete_streams
 from buslib.exercises.core import Check, Context, Fail, IsInstance, Question, Satisfies, ____, wait_until
 from buslib.retry import Retry
+from buslib.subjects import durable_name
 
 __all__ = ["____", "q1", "q2", "q3", "QUESTIONS", "reset", "wait_until", "STREAM", "JOBS",
            "PackingJob", "PaymentRequested", "Ledger", "run_payments"]

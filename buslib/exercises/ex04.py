@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from buslib.bus import durable_name
 from buslib.dlq import DeadLetterNotFound, DeadLetterQueue, ReplayResult
 from buslib.events import Event
 from buslib.exercises.checks import ConsumerConfigIs, _json_object, delete_streams
 from buslib.exercises.core import Check, Context, Fail, IsInstance, Question, Satisfies, ____, wait_until
 from buslib.retry import Retry
+from buslib.subjects import durable_name
 
 __all__ = ["____", "q1", "q2", "q3", "QUESTIONS", "reset", "wait_until", "STREAM", "DLQ_STREAM", "GROUP",
            "OrderPlaced", "Shipping", "new_orders", "in_dead_letters"]
@@ -91,7 +91,7 @@ class DeadLetters(Check):
 
     async def verify(self, ctx: Context) -> None:
         try:
-            entries = await DeadLetterQueue(await ctx.js(), stream=self.stream).list()
+            entries = await DeadLetterQueue(await ctx.nc(), stream=self.stream).list()
         except DeadLetterNotFound:
             raise Fail(f"There is no dead-letter stream {self.stream}. Create it with "
                        f"`dlq = await DeadLetterQueue(bus, stream={self.stream!r}).setup()` (the setup cell does).") from None

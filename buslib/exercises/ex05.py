@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from buslib.codec import decode
-from buslib.compat import Compatibility, check
+from buslib.contracts.codec import decode
+from buslib.contracts.compat import Compatibility, check
 from buslib.events import Event
 from buslib.exercises.checks import EventContract, _json_object, _same, _stream_info, delete_streams, stored_messages
 from buslib.exercises.core import Check, Context, Fail, Question, ____, wait_until
@@ -61,7 +61,7 @@ async def publish_product_history(bus: Any) -> None:
 
 # -- checks ------------------------------------------------------------------------------
 class CompatibleWith(Check):
-    """``new`` passes ``mode`` against ``old`` (buslib.compat); a failure quotes the report."""
+    """``new`` passes ``mode`` against ``old`` (buslib.contracts.compat); a failure quotes the report."""
 
     def __init__(self, name: str, new: Any, old: Any, mode: Compatibility) -> None:
         self.name, self.new, self.old, self.mode = name, new, old, mode
@@ -105,7 +105,7 @@ class SchemaRevisions(Check):
         self.bucket, self.event_type, self.version, self.count, self.field = bucket, event_type, version, count, field
 
     async def verify(self, ctx: Context) -> None:
-        from buslib.schema_registry import SchemaRegistry
+        from buslib.contracts.registry import SchemaRegistry
 
         js = await ctx.js()
         try:
@@ -139,7 +139,7 @@ q1 = Question(
     hint=["BACKWARD: consumers on the new contract can read events written with the old one. v1 events "
           "have no marketing_opt_in field...",
           "...so v2 must not require it: give it a default (`marketing_opt_in: bool = False`). Check yourself "
-          "with buslib.compat.check(CustomerRegisteredV2, CustomerRegisteredV1, 'BACKWARD')."],
+          "with buslib.contracts.compat.check(CustomerRegisteredV2, CustomerRegisteredV1, 'BACKWARD')."],
     solution='''
 class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):
     customer_id: str

@@ -1,0 +1,61 @@
+"""What the connected server is and can do, read through nats-py's public API.
+
+>>> await api_level(nc)            # doctest: +SKIP
+5
+>>> server_version(nc)             # doctest: +SKIP
+'2.15.1'
+
+The JetStream API level says which features a server has (2.11 -> 1, 2.12 -> 3,
+2.14 -> 4, 2.15 -> 5); the bus decides from it, never by trying, because an older server
+may accept a setting it does not understand and silently drop it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+
+from buslib._nats.protocol import API_PREFIX
+
+__all__ = ["api_level", "jetstream_enabled", "server_version"]
+
+_LEVELS: dict[tuple[int, str], int] = {}  # (id of client, connected URL) -> API level
+
+
+def server_version(nc: Client) -> str:
+    """The connected server's version as ``"2.15.1"``."""
+    v = nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+async def api_level(nc: Client, *, timeout: float = 2.0) -> int:
+    """The JetStream API level of the connected server (0 before 2.11), asked once per server.
+
+    Read from the account-info reply (``$JS.API.INFO``), which every client can request.
+    """
+    key = (id(nc), str(nc.connected_url))
+    level = _LEVELS.get(key)
+    if level is None:
+        reply = await nc.request(f"{API_PREFIX}.INFO", b"", timeout=timeout)
+        try:
+            level = int(json.loads(reply.data).get("api", {}).get("level", 0) or 0)
+        except (ValueError, AttributeError, TypeError):
+            level = 0
+        if len(_LEVELS) > 64:  # bounded: one entry per client and server
+            _LEVELS.clear()
+        _LEVELS[key] = level
+    return level
+
+
+async def jetstream_enabled(nc: Client, *, timeout: float = 2.0) -> bool:
+    """Whether JetStream answers for this connection's account (off on the server, or for the account)."""
+    try:
+        await nc.jetstream(timeout=timeout).account_info()
+    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+        return False
+    except nats.js.errors.APIError as err:
+        return err.code != 503
+    return True

@@ -1,0 +1,138 @@
+"""Small helpers that keep lesson cells short and honest.
+
+>>> from buslib.teaching import expect_error, timed
+>>> with expect_error(ZeroDivisionError) as caught:
+...     1 / 0
+>>> type(caught.error).__name__
+'ZeroDivisionError'
+>>> with timed() as clock:
+...     pass
+>>> clock.seconds < 1
+True
+
+Why ``expect_error``: nbval's ``# NBVAL_RAISES_EXCEPTION`` tolerates an exception but does
+not fail when none is raised, so a lesson that claims "this raises" would pass even if it
+did not. ``expect_error`` fails loudly when nothing (or something else) is raised, and
+keeps the error so the next line can show the learner its message. Both helpers work with
+``with`` and ``async with``; ``wait_until`` waits for a condition instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+__all__ = ["expect_error", "timed", "wait_until"]
+
+
+class expect_error:  # noqa: N801 - used like a function: `with expect_error(X) as caught:`
+    """Assert that the block raises one of ``types``; keep the error for display.
+
+    Args:
+        *types: the exception classes the block must raise.
+        match: text the error's message must contain (optional).
+
+    Raises:
+        AssertionError: the block finished without an error, or the message lacks ``match``.
+        The original exception: the block raised something not in ``types`` (it propagates).
+    """
+
+    def __init__(self, *types: type[BaseException], match: str | None = None) -> None:
+        if not types:
+            raise TypeError("expect_error needs at least one exception class, e.g. expect_error(ValueError).")
+        self.types = types
+        self.match = match
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> expect_error:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        names = " or ".join(t.__name__ for t in self.types)
+        if exc is None:
+            raise AssertionError(f"Expected {names} to be raised, but the block finished without an error.")
+        if not isinstance(exc, self.types):
+            return False  # a different error: let it propagate unchanged
+        if self.match is not None and self.match not in str(exc):
+            raise AssertionError(
+                f"{type(exc).__name__} was raised, but its message does not contain {self.match!r}: {exc}"
+            )
+        self.error = exc
+        return True
+
+    async def __aenter__(self) -> expect_error:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        if self.error is None:
+            return f"<expect_error {', '.join(t.__name__ for t in self.types)}: nothing caught yet>"
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+class timed:  # noqa: N801 - used like a function: `with timed() as clock:`
+    """Measure how long a block takes (monotonic clock); read ``.seconds`` afterwards."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self.seconds = 0.0
+
+    def __enter__(self) -> timed:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+    async def __aenter__(self) -> timed:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+
+async def wait_until(
+    check: Callable[[], Any | Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "the condition",
+) -> Any:
+    """Wait until ``check()`` returns something truthy (it may be a coroutine function).
+
+    Args:
+        check: called every ``interval`` seconds; its truthy result ends the wait.
+        timeout: seconds before giving up (generous: lessons run on busy laptops).
+        interval: seconds between checks.
+        what: words for the error message, e.g. ``"all 30 messages handled"``.
+
+    Returns:
+        The first truthy result of ``check()``.
+
+    Raises:
+        TimeoutError: still not true after ``timeout`` seconds (a lesson cell fails on it; in an
+            exercise, the message points at the usual cause).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"Waited {timeout:g} s for {what}, in vain (the last check returned {result!r}). If a handler "
+                "should have made it true: is its subscription started, on the right group and event type?"
+            )
+        await asyncio.sleep(interval)
