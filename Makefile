@@ -12,11 +12,16 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 # Lessons and exercise solutions run under nbval; an absent folder just adds nothing.
 NOTEBOOKS = $(wildcard notebooks/*.ipynb exercises/solutions/*.ipynb)
+# The bus's own tests, run again on nats-server 2.11, with the fast paths off, and on the
+# lowest nats-py that pyproject.toml allows (in a second venv).
+BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus_failures.py \
+            tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py
+LOWEST   := .venv-lowest
 # Jupyter refuses to run as root unless told; only say so when we are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab test bench clean distclean
+.PHONY: help setup lab test lint bench clean distclean
 
 help:  ## show this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,16 +54,31 @@ lab: setup  ## open JupyterLab on lesson 00 (PORT=8888, LAB_ARGS=--no-browser)
 	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(PORT) $(ALLOW_ROOT) \
 	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb $(LAB_ARGS)
 
-test: setup  ## lint, every test (browser and notebooks included), contracts check
-	$(BIN)/ruff check .
+test: lint $(LOWEST)/.installed  ## lint, every test (browser and notebooks included), contracts check
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
 	@# --- contracts: the CI gate, fails when a contract changed incompatibly with contracts/ ---
 	$(BIN)/buslib contracts check
 	@# --- the bus again on nats-server 2.11, the oldest a learner's wheel brings (fallback paths) ---
 	$(BIN)/python tests/old_server.py > $(VENV)/.server-2.11-path
-	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" \
-	  $(BIN)/python -m pytest tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus_failures.py \
-	  tests/test_bus_resilience.py tests/test_tracing.py -q $(PYTEST_ARGS)
+	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) -q $(PYTEST_ARGS)
+	@# --- the bus again with nats-py's public API only (no fast paths), as on a nats-py without the hooks ---
+	BUSLIB_FAST_PATHS=0 $(BIN)/python -m pytest $(BUS_TESTS) tests/test_dlq.py -q $(PYTEST_ARGS)
+	@# --- the bus again on the lowest nats-py and pydantic that pyproject.toml allows ---
+	$(LOWEST)/bin/python -m pytest $(BUS_TESTS) tests/test_dlq.py tests/test_connection.py -q $(PYTEST_ARGS)
+
+lint: setup  ## ruff (lint and format), mypy, and the layers contract (no upward imports)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+# A second venv with the lowest versions pyproject.toml allows, remade when it changes.
+$(LOWEST)/.installed: pyproject.toml tests/lowest_deps.py | $(BIN)/python
+	@rm -rf $(LOWEST)
+	@$(PYTHON) -m venv $(LOWEST)
+	@echo "Installing the lowest allowed versions into $(LOWEST): $$($(BIN)/python tests/lowest_deps.py | tr '\n' ' ')"
+	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $$($(BIN)/python tests/lowest_deps.py)
+	@touch $@
 
 bench: setup  ## measure: server start time, then bus throughput
 	$(BIN)/python benchmarks/bench_server_start.py
@@ -69,5 +89,5 @@ clean:  ## remove caches and test artifacts (keeps .venv and your .buslib/ store
 	rm -rf .pytest_cache .ruff_cache test-artifacts .jupyter-runtime build dist *.egg-info
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-distclean: clean  ## also remove .venv (the next make reinstalls)
-	rm -rf $(VENV)
+distclean: clean  ## also remove .venv and .venv-lowest (the next make reinstalls)
+	rm -rf $(VENV) $(LOWEST)
