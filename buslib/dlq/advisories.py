@@ -14,9 +14,10 @@ even across restarts) and turns every MAX_DELIVERIES advisory into a dead-letter
 When does that happen? When the handler never saw its last failure: the worker hung past
 the ack timeout or crashed (SIGKILL, power cut) on the last allowed delivery. Caveat: for a
 pull consumer the server sends MAX_DELIVERIES only while a pull request is pending, so the
-advisory appears once some worker of the group pulls again (the bus's workers always keep a
-pull pending). Why: for a pull consumer the server checks for exhausted messages when it
-looks for the next message to deliver, and it does that only to answer a pull request.
+advisory appears once some worker of the group pulls again (a bus worker keeps a pull
+pending whenever it has room for another message). Why: the ack timer's own check counts
+redeliveries, so it does not fire on the last delivery; the server finds the exhausted
+message only when it looks for the next one to deliver, which it does to answer a pull.
 
 MSG_TERMINATED advisories are captured too: the bus terminates a delivery right after
 writing its dead letter, so each one normally matches an entry; ``reconcile()`` counts the

@@ -187,8 +187,8 @@ class DeadLetterQueue:
             raw = await self.js.get_msg(advisory.stream, advisory.stream_seq)
             data, headers, subject = raw.data or b"", _headers_of(raw), raw.subject or ""
             reason = (
-                f"Delivered {advisory.deliveries} times without an acknowledgement: every ack timeout expired "
-                "(the worker hung or crashed). Found from the server's MAX_DELIVERIES advisory."
+                f"The last of {advisory.deliveries} deliveries was never acknowledged (the worker hung past its ack "
+                "timeout or crashed on it). Found from the server's MAX_DELIVERIES advisory."
             )
         except NotFoundError:
             data, headers, subject = b"", {}, ""
