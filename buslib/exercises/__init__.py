@@ -17,7 +17,7 @@ from buslib.exercises.core import MIME_TYPE, Check, Fail, Outcome, Placeholder, 
 
 __all__ = ["MIME_TYPE", "Check", "Fail", "Outcome", "Placeholder", "Question", "Status", "____", "load", "questions", "strict_mode"]
 
-EXERCISES = ("00", "01", "02", "03", "04", "05")
+EXERCISES = ("00", "01", "02", "03", "04", "05", "07")
 
 
 def load(exercise: str | int) -> ModuleType:
