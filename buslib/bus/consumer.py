@@ -68,7 +68,9 @@ class ConsumerSpec:
     start: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.start = deliver_settings("all" if self.deliver is None else self.deliver)  # a timedelta becomes one instant, now
+        self.start = deliver_settings(
+            "all" if self.deliver is None else self.deliver
+        )  # a timedelta becomes one instant, now
 
     @property
     def durable(self) -> str:

@@ -22,9 +22,25 @@ from buslib.exercises.checks import _stream_info, delete_streams
 from buslib.exercises.core import Check, Context, Fail, IsInstance, Question, ____, wait_until
 from buslib.subjects import durable_name, subject_matches
 
-__all__ = ["____", "q1", "q2", "q3", "QUESTIONS", "reset", "wait_until", "PAYMENTS_STREAM", "AUDIT_STREAM",
-           "EVENTS_STREAM", "PaymentCaptured", "AuditEntry", "ShipmentUpdated", "Ledger", "publish_payments",
-           "GROUPS", "CUSTOMERS"]
+__all__ = [
+    "____",
+    "q1",
+    "q2",
+    "q3",
+    "QUESTIONS",
+    "reset",
+    "wait_until",
+    "PAYMENTS_STREAM",
+    "AUDIT_STREAM",
+    "EVENTS_STREAM",
+    "PaymentCaptured",
+    "AuditEntry",
+    "ShipmentUpdated",
+    "Ledger",
+    "publish_payments",
+    "GROUPS",
+    "CUSTOMERS",
+]
 
 PAYMENTS_STREAM, AUDIT_STREAM, EVENTS_STREAM = "EX07_PAYMENTS", "EX07_AUDIT", "EX07_EVENTS"
 CUSTOMERS = ["C-1", "C-2", "C-3", "C-4"]
@@ -101,8 +117,9 @@ async def reset(js: Any) -> None:
         await js.publish(ShipmentUpdated.subject(), ShipmentUpdated(shipment_id=i).to_json())
     for group, acked, held in (("billing", 10, 12), ("shipping", 15, 0), ("analytics", 27, 0)):
         name = durable_name(group, ShipmentUpdated.subject())
-        config = ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=3600,
-                                filter_subject=ShipmentUpdated.subject())
+        config = ConsumerConfig(
+            durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=3600, filter_subject=ShipmentUpdated.subject()
+        )
         await js.add_consumer(EVENTS_STREAM, config)
         puller = await js.pull_subscribe_bind(name, stream=EVENTS_STREAM)
         taken = 0
@@ -129,11 +146,15 @@ class Partitioned(Check):
         config = (await _stream_info(ctx, self.stream)).config
         have = partition_count(config, self.subject)
         if have is None:
-            raise Fail(f"Stream {self.stream} does not partition {self.subject}: without partitions an ordered group "
-                       f"is one lane, one payment at a time for every customer. Create it with "
-                       f"ensure_stream(..., partitions={self.partitions}).")
+            raise Fail(
+                f"Stream {self.stream} does not partition {self.subject}: without partitions an ordered group "
+                f"is one lane, one payment at a time for every customer. Create it with "
+                f"ensure_stream(..., partitions={self.partitions})."
+            )
         if have != self.partitions:
-            raise Fail(f"Stream {self.stream} splits {self.subject} into {have} partitions; expected {self.partitions}.")
+            raise Fail(
+                f"Stream {self.stream} splits {self.subject} into {have} partitions; expected {self.partitions}."
+            )
 
 
 @dataclass
@@ -155,18 +176,24 @@ class OrderedLanes(Check):
             except NotFoundError:
                 raise Fail(self._no_lane(p, await _exists(js, self.stream, plain))) from None
             if config.max_ack_pending != 1 or config.filter_subject != lane_filter(self.subject, p):
-                raise Fail(f"Lane {lane_durable(plain, p)} has max_ack_pending={config.max_ack_pending} and filter "
-                           f"{config.filter_subject!r}; expected 1 and {lane_filter(self.subject, p)!r}.")
+                raise Fail(
+                    f"Lane {lane_durable(plain, p)} has max_ack_pending={config.max_ack_pending} and filter "
+                    f"{config.filter_subject!r}; expected 1 and {lane_filter(self.subject, p)!r}."
+                )
 
     def _no_lane(self, p: int, plain_exists: bool) -> str:
         if plain_exists:
             c2 = self.ledger.booked.get("C-2") if self.ledger is not None else None
             seen = f" (the ledger shows C-2: {c2})" if c2 else ""
-            return (f"Group {self.group!r} reads the payments through one durable that hands out many payments at "
-                    f"once, so a retried payment lets the ones behind it go first{seen}. Subscribe with "
-                    "ordered=True: one lane per partition, one payment in flight per lane.")
-        return (f"Group {self.group!r} has no lane for partition {p} on stream {self.stream}. Subscribe with "
-                f"group={self.group!r} and ordered=True (it creates the lanes).")
+            return (
+                f"Group {self.group!r} reads the payments through one durable that hands out many payments at "
+                f"once, so a retried payment lets the ones behind it go first{seen}. Subscribe with "
+                "ordered=True: one lane per partition, one payment in flight per lane."
+            )
+        return (
+            f"Group {self.group!r} has no lane for partition {p} on stream {self.stream}. Subscribe with "
+            f"group={self.group!r} and ordered=True (it creates the lanes)."
+        )
 
 
 async def _exists(js: Any, stream: str, durable: str) -> bool:
@@ -186,21 +213,29 @@ class BookedInOrder(Check):
     async def verify(self, ctx: Context) -> None:
         booked = getattr(self.ledger, "booked", None)
         if not booked:
-            raise Fail("The ledger is empty: subscribe with handler=ledger.book, call "
-                       "await publish_payments(bus, ledger), then wait until ledger.complete().")
+            raise Fail(
+                "The ledger is empty: subscribe with handler=ledger.book, call "
+                "await publish_payments(bus, ledger), then wait until ledger.complete()."
+            )
         for customer in CUSTOMERS:
             got = booked.get(customer, [])
             twice = sorted(n for n, k in Counter(got).items() if k > 1)
             if twice:
-                raise Fail(f"{customer}'s payments {twice} were booked more than once. Did a group read payments "
-                           "published by an earlier attempt? Run the setup cell again (it starts over), then this one.")
+                raise Fail(
+                    f"{customer}'s payments {twice} were booked more than once. Did a group read payments "
+                    "published by an earlier attempt? Run the setup cell again (it starts over), then this one."
+                )
             if sorted(got) != list(range(PER_CUSTOMER)):
                 missing = sorted(set(range(PER_CUSTOMER)) - set(got))
-                raise Fail(f"{customer}'s payments {missing} were never booked: is a lane not running (every "
-                           "partition needs an instance), or did you stop before ledger.complete()?")
+                raise Fail(
+                    f"{customer}'s payments {missing} were never booked: is a lane not running (every "
+                    "partition needs an instance), or did you stop before ledger.complete()?"
+                )
             if got != list(range(PER_CUSTOMER)):
-                raise Fail(f"{customer}'s payments were booked as {got}, not in order: a retried payment let the "
-                           "ones behind it go first. Subscribe with ordered=True.")
+                raise Fail(
+                    f"{customer}'s payments were booked as {got}, not in order: a retried payment let the "
+                    "ones behind it go first. Subscribe with ordered=True."
+                )
 
 
 def _in_order(ledger_sub: Any, ledger: Any) -> Iterator[Check]:
@@ -211,21 +246,24 @@ def _in_order(ledger_sub: Any, ledger: Any) -> Iterator[Check]:
 
 
 q1 = Question(
-    "q1", "Every customer's payments in order, four partitions in parallel",
+    "q1",
+    "Every customer's payments in order, four partitions in parallel",
     uses=["ledger_sub", "ledger"],
     checks=_in_order,
-    hint=["Two steps, as in lesson 07 section 1: a stream that partitions the keyed payments, then a group that "
-          "takes one payment at a time per partition.",
-          "`await bus.ensure_stream(PaymentCaptured, name=PAYMENTS_STREAM, subjects=['ex07.payments.>'], "
-          "partitions=4)`, then `await bus.subscribe(PaymentCaptured, group='ledger', handler=ledger.book, "
-          "ordered=True)`."],
-    solution='''
+    hint=[
+        "Two steps, as in lesson 07 section 1: a stream that partitions the keyed payments, then a group that "
+        "takes one payment at a time per partition.",
+        "`await bus.ensure_stream(PaymentCaptured, name=PAYMENTS_STREAM, subjects=['ex07.payments.>'], "
+        "partitions=4)`, then `await bus.subscribe(PaymentCaptured, group='ledger', handler=ledger.book, "
+        "ordered=True)`.",
+    ],
+    solution="""
 await bus.ensure_stream(PaymentCaptured, name=PAYMENTS_STREAM, subjects=["ex07.payments.>"], partitions=4)
 ledger_sub = await bus.subscribe(PaymentCaptured, group="ledger", handler=ledger.book, ordered=True)
 await publish_payments(bus, ledger)
 await wait_until(ledger.complete, what="all 32 payments to be booked")
 await ledger_sub.stop()
-''',
+""",
     exercise="07",
 )
 
@@ -241,26 +279,36 @@ class AuditSized(Check):
         config = (await _stream_info(ctx, self.stream)).config
         subject = AuditEntry.subject_for("A-1")
         if not any(subject_matches(f, subject) for f in config.subjects or []):
-            raise Fail(f"Stream {self.stream} stores {config.subjects}, which does not cover {subject!r} (an "
-                       "AuditEntry of order A-1). Use subjects=['ex07.audit.>'].")
+            raise Fail(
+                f"Stream {self.stream} stores {config.subjects}, which does not cover {subject!r} (an "
+                "AuditEntry of order A-1). Use subjects=['ex07.audit.>']."
+            )
         age = config.max_age or 0
         if age and abs(age - THIRTY_DAYS * 1000) < 1:
-            raise Fail(f"max_age is {age:.0f} s (about {age / 31_557_600:.0f} years): nats-py takes seconds, "
-                       f"not milliseconds. 30 days is {THIRTY_DAYS} s.")
+            raise Fail(
+                f"max_age is {age:.0f} s (about {age / 31_557_600:.0f} years): nats-py takes seconds, "
+                f"not milliseconds. 30 days is {THIRTY_DAYS} s."
+            )
         if abs(age - THIRTY_DAYS) > 1e-3:
             raise Fail(f"Stream {self.stream} has max_age={age:g} s; expected {THIRTY_DAYS} (30 days).")
         if config.max_msgs_per_subject != 3:
             hint = " (max_msgs counts the whole stream, not each order)" if config.max_msgs == 3 else ""
-            raise Fail(f"Stream {self.stream} has max_msgs_per_subject={config.max_msgs_per_subject}; expected 3: "
-                       f"each order has a subject of its own{hint}.")
+            raise Fail(
+                f"Stream {self.stream} has max_msgs_per_subject={config.max_msgs_per_subject}; expected 3: "
+                f"each order has a subject of its own{hint}."
+            )
         discard = getattr(config.discard, "value", config.discard)
         if discard != "new":
-            raise Fail(f"Stream {self.stream} has discard={discard!r}: when an order has 3 entries, a 4th makes room "
-                       "by silently dropping the oldest. Refuse it instead: discard=DiscardPolicy.NEW.")
+            raise Fail(
+                f"Stream {self.stream} has discard={discard!r}: when an order has 3 entries, a 4th makes room "
+                "by silently dropping the oldest. Refuse it instead: discard=DiscardPolicy.NEW."
+            )
         if not config.discard_new_per_subject:
-            raise Fail(f"Stream {self.stream} has discard='new' but discard_new_per_subject={config.discard_new_per_subject}:"
-                       " new entries are then refused only when the whole stream is full, while a full order still "
-                       "drops its oldest. Set discard_new_per_subject=True.")
+            raise Fail(
+                f"Stream {self.stream} has discard='new' but discard_new_per_subject={config.discard_new_per_subject}:"
+                " new entries are then refused only when the whole stream is full, while a full order still "
+                "drops its oldest. Set discard_new_per_subject=True."
+            )
         await self._refuses_fourth(ctx)
 
     async def _refuses_fourth(self, ctx: Context) -> None:
@@ -273,8 +321,10 @@ class AuditSized(Check):
             await js.publish(subject, AuditEntry(order_id=order, what="entry 3").to_json())
         except APIError as err:
             if err.err_code != 10077:
-                raise Fail(f"The 4th entry for order {order} was refused with error {err.err_code} "
-                           f"({err.description}); expected 10077 (maximum messages per subject exceeded).") from None
+                raise Fail(
+                    f"The 4th entry for order {order} was refused with error {err.err_code} "
+                    f"({err.description}); expected 10077 (maximum messages per subject exceeded)."
+                ) from None
             return
         raise Fail(f"The check published 4 entries for order {order} and the 4th was stored; expected it refused.")
 
@@ -284,19 +334,22 @@ def _sized(audit: Any) -> Iterator[Check]:
 
 
 q2 = Question(
-    "q2", "An audit stream sized per order",
+    "q2",
+    "An audit stream sized per order",
     uses=["audit"],
     checks=_sized,
-    hint=["AuditEntry is keyed by order_id, so every order has a subject of its own: a limit per subject is a "
-          "limit per order.",
-          "max_msgs_per_subject=3, discard=DiscardPolicy.NEW with discard_new_per_subject=True, and max_age in "
-          "seconds (30 * 24 * 3600)."],
-    solution='''
+    hint=[
+        "AuditEntry is keyed by order_id, so every order has a subject of its own: a limit per subject is a "
+        "limit per order.",
+        "max_msgs_per_subject=3, discard=DiscardPolicy.NEW with discard_new_per_subject=True, and max_age in "
+        "seconds (30 * 24 * 3600).",
+    ],
+    solution="""
 audit = await bus.ensure_stream(
     AuditEntry, name=AUDIT_STREAM, subjects=["ex07.audit.>"], max_age=30 * 24 * 3600,
     max_msgs_per_subject=3, discard=DiscardPolicy.NEW, discard_new_per_subject=True,
 )
-''',
+""",
     exercise="07",
 )
 
@@ -322,8 +375,10 @@ class LagsRight(Check):
             if given != pending + unacked:
                 why = ""
                 if given == pending and unacked:
-                    why = (f": it also holds {unacked} delivered, unacknowledged messages (num_ack_pending). "
-                           "Lag = num_pending + num_ack_pending")
+                    why = (
+                        f": it also holds {unacked} delivered, unacknowledged messages (num_ack_pending). "
+                        "Lag = num_pending + num_ack_pending"
+                    )
                 raise Fail(f"lags[{group!r}] is {given!r}, but group {group} is {pending + unacked} behind{why}.")
         furthest = max(truth, key=lambda g: sum(truth[g]))
         if self.worst != furthest:
@@ -336,16 +391,19 @@ def _lagging(lags: Any, worst: Any) -> Iterator[Check]:
 
 
 q3 = Question(
-    "q3", "The group furthest behind",
+    "q3",
+    "The group furthest behind",
     uses=["lags", "worst"],
     checks=_lagging,
-    hint=["A group's lag is what it has not finished: waiting to be delivered, and delivered but not acknowledged.",
-          "`(await bus.group_lag(ShipmentUpdated, group=g)).behind` for each g in GROUPS, or num_pending + "
-          "num_ack_pending from `await js.consumer_info(EVENTS_STREAM, durable)`."],
-    solution='''
+    hint=[
+        "A group's lag is what it has not finished: waiting to be delivered, and delivered but not acknowledged.",
+        "`(await bus.group_lag(ShipmentUpdated, group=g)).behind` for each g in GROUPS, or num_pending + "
+        "num_ack_pending from `await js.consumer_info(EVENTS_STREAM, durable)`.",
+    ],
+    solution="""
 lags = {group: (await bus.group_lag(ShipmentUpdated, group=group)).behind for group in GROUPS}
 worst = max(lags, key=lags.get)
-''',
+""",
     exercise="07",
 )
 
