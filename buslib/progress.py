@@ -29,7 +29,7 @@ from buslib.exercises.core import MIME_TYPE
 __all__ = ["Row", "progress", "run_notebook", "format_table", "add_cli"]
 
 NOT_CHECKED = "not checked"
-_NAME_RE = re.compile(r"^(\d\d)_.*\.ipynb$")
+_NAME_RE = re.compile(r"^(?:ex)?(\d\d)_.*\.ipynb$")  # ex01_persistence.ipynb (or 01_persistence.ipynb)
 
 
 @dataclass(frozen=True)

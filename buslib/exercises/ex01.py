@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+import uuid
 from typing import Any
 
 from nats.js.api import StreamInfo
@@ -28,16 +29,20 @@ async def reset(js: Any) -> None:
 
 def _orders_stream(orders: Any):
     yield IsInstance("orders", orders, StreamInfo, "Keep what `await js.add_stream(...)` returns.")
-    yield StreamHas(ORDERS_STREAM, covers=["ex01.orders.created", "ex01.orders.paid"], storage="file")
+    yield StreamHas(ORDERS_STREAM, covers=["ex01.orders.created", "ex01.orders.paid"])
+    # "any future ex01.orders.<event>": a name made up now, that no list of subjects can know
+    yield StreamHas(ORDERS_STREAM, covers=[f"ex01.orders.future{uuid.uuid4().hex[:6]}"])
+    yield StreamHas(ORDERS_STREAM, avoids=["ex01.recent.1", "ex01.customers.created"], storage="file")
 
 
 q1 = Question(
     "q1", "A file-backed stream for every order event",
     uses=["orders"],
     checks=_orders_stream,
-    hint=["`await js.add_stream(name=..., subjects=[...], storage=...)`; one wildcard subject covers "
-          "ex01.orders.created and ex01.orders.paid.",
-          "`>` matches one or more tokens: \"ex01.orders.>\". Storage: nats.js.api.StorageType.FILE."],
+    hint=["`await js.add_stream(name=..., subjects=[...], storage=...)`. Listing subjects cannot cover the "
+          "events nobody has named yet: one wildcard subject covers them all.",
+          "`*` matches one token, `>` one or more: \"ex01.orders.>\" or \"ex01.orders.*\". Storage: "
+          "nats.js.api.StorageType.FILE."],
     solution='''
 from nats.js.api import StorageType
 
@@ -58,9 +63,10 @@ q2 = Question(
     "q2", "A publisher that is safe to retry",
     uses=["publish_order"],
     checks=_idempotent,
-    hint=["The server drops a message whose Nats-Msg-Id it has seen within the stream's duplicate window.",
+    hint=["The server drops a message whose Nats-Msg-Id it has seen within the stream's duplicate window "
+          "(lesson 01, section 6), and answers the retry with a PubAck marked duplicate=True.",
           "Pass headers={\"Nats-Msg-Id\": ...} to js.publish; the id must be the same for a retry of one "
-          "order and different for different orders."],
+          "order and different for different orders: build it from order_id."],
     solution='''
 async def publish_order(js, order_id, data):
     return await js.publish("ex01.orders.created", data, headers={"Nats-Msg-Id": f"order-created-{order_id}"})

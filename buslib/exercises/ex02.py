@@ -74,7 +74,8 @@ q2 = Question(
 
 
 def _traced(bill: Any):
-    yield TraceCarried(STREAM, cause=f"{SHIPMENT_TYPE}.v1", effect=InvoiceRequested.subject(), key="shipment_id")
+    yield TraceCarried(STREAM, cause=f"{SHIPMENT_TYPE}.v1", effect=InvoiceRequested.subject(), key="shipment_id",
+                       every_cause=True)
 
 
 q3 = Question(

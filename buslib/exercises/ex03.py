@@ -60,6 +60,7 @@ class Ledger:
 
 PAYMENTS = [("P-1", 10.0), ("P-2", 25.0), ("P-2", 25.0), ("P-3", 7.5)]  # P-2 twice: a client retried
 PAYMENTS_GROUP = "payments"
+AUDIT_GROUP = "audit"  # question 2's group
 
 
 async def run_payments(bus: Any, handler: Callable[[Any, Any], Awaitable[None]], ledger: Ledger) -> Counter:
@@ -157,6 +158,37 @@ class GroupConsumed(Check):
 
 
 @dataclass
+class OneGroupConsumed(Check):
+    """Exactly one group (other than ``others``) consumes ``subject``, and it consumed ``count`` messages.
+
+    The group's name is the learner's choice: it is read from the durable consumers on the server.
+    """
+
+    stream: str
+    subject: str
+    count: int
+    others: tuple[str, ...] = ()
+
+    async def verify(self, ctx: Context) -> None:
+        await _stream_info(ctx, self.stream)
+        js = await ctx.js()
+        suffix = durable_name("", self.subject)  # "__ex03_packing_requested_v1": a group's durable ends so
+        groups = sorted(
+            info.name[: -len(suffix)]
+            for info in await js.consumers_info(self.stream)
+            if info.name.endswith(suffix) and info.name[: -len(suffix)] not in self.others
+        )
+        if not groups:
+            raise Fail(f"No group consumes {self.subject} on the server. Subscribe the workers with "
+                       "`bus.subscribe(PackingJob, group=..., handler=...)`.")
+        if len(groups) > 1:
+            raise Fail(f"{len(groups)} groups consume {self.subject}: {', '.join(groups)}. Each group receives every "
+                       "job, so workers in different groups each pack all of them. To start clean, run the setup "
+                       "cell again, then subscribe the three workers so that they share the work.")
+        await GroupConsumed(self.stream, groups[0], self.subject, self.count).verify(ctx)
+
+
+@dataclass
 class ChargedOnce(Check):
     """The ledger holds each payment exactly once."""
 
@@ -167,7 +199,8 @@ class ChargedOnce(Check):
         lines = getattr(self.ledger, "lines", None)
         if not lines:
             raise Fail("The ledger is empty: run the cell that calls run_payments(bus, charge, ledger), and make "
-                       "charge call ledger.charge(payment_id, amount).")
+                       "charge call ledger.charge(payment_id, amount). run_payments empties the ledger first: if "
+                       "charge remembers what it charged elsewhere (a set), create it empty in the same cell.")
         counts = Counter(payment_id for payment_id, _ in lines)
         for payment_id in self.expected:
             if counts[payment_id] == 0:
@@ -175,9 +208,10 @@ class ChargedOnce(Check):
         twice = {p: n for p, n in counts.items() if n > 1}
         if twice:
             detail = ", ".join(f"{p} {n} times" for p, n in sorted(twice.items()))
-            why = ("P-2 came as two events with different event ids (a client retry), so key on the business id, "
-                   "the payment_id" if "P-2" in twice else "P-3 was delivered again after the crash: remember what "
-                   "you charged")
+            why = ("P-2 came as two events with different event ids (a client retry): the event id tells "
+                   "deliveries of one event apart, not two events for one payment. Key on the payment, "
+                   "event.payment_id" if "P-2" in twice else "P-3 was delivered again after the crash: remember "
+                   "what you charged")
             raise Fail(f"Charged more than once: {detail}. {why}.")
         total = round(sum(self.expected.values()), 2)
         if self.ledger.total() != total:
@@ -187,7 +221,7 @@ class ChargedOnce(Check):
 def _shared(handled: Any):
     yield IsInstance("handled", handled, dict, "Keep a dict: worker name -> list of the job ids it handled.")
     yield WorkShared(handled, total=JOBS, workers=3)
-    yield GroupConsumed(STREAM, "packers", PackingJob.subject(), JOBS)
+    yield OneGroupConsumed(STREAM, PackingJob.subject(), JOBS, others=(AUDIT_GROUP,))
 
 
 q1 = Question(
@@ -195,8 +229,8 @@ q1 = Question(
     uses=["handled"],
     checks=_shared,
     hint=["Each worker is one `await bus.subscribe(PackingJob, group=..., handler=...)`; what makes them share?",
-          "The same group name for all three: they then share one durable consumer, and each message goes to "
-          "one of them. Subscribe all three first, then publish the jobs."],
+          "The same group name for all three (any name but \"audit\"): they then share one durable consumer, and "
+          "each message goes to one of them. Subscribe all three first, then publish the jobs."],
     solution='''
 handled = {"w1": [], "w2": [], "w3": []}
 
@@ -218,12 +252,13 @@ for sub in packers:
 
 def _audited(audited: Any):
     yield IsInstance("audited", audited, list, "Keep a list of the job ids the audit group saw.")
-    yield GroupConsumed(STREAM, "audit", PackingJob.subject(), JOBS)
+    yield GroupConsumed(STREAM, AUDIT_GROUP, PackingJob.subject(), JOBS)
     yield Satisfies("audited", audited, lambda seen: all(isinstance(job, int) for job in seen),
                     "audited holds events; keep their ids (audited.append(job.job_id)).")
     yield Satisfies("audited", audited, lambda seen: sorted(seen) == list(range(JOBS)),
                     f"audited holds {len(audited)} job id(s), {len(set(audited))} distinct; expected every job "
-                    f"0..{JOBS - 1} once. A new group starts at the beginning of the stream: wait for all of them.")
+                    f"0..{JOBS - 1} once. The bus starts a new group at the oldest stored message "
+                    "(DeliverPolicy.ALL): wait for all of them.")
 
 
 q2 = Question(
@@ -231,8 +266,8 @@ q2 = Question(
     uses=["audited"],
     checks=_audited,
     hint=["Another service (audit) wants every job too, even those packed before it started.",
-          "A different group name is a different durable consumer: it receives every message, from the start "
-          "of the stream."],
+          "A different group name is a different durable consumer: it receives every message. The bus creates "
+          "a new group with DeliverPolicy.ALL, so it starts at the oldest message the stream holds."],
     solution='''
 audited = []
 
@@ -258,8 +293,8 @@ q3 = Question(
     uses=["charge", "ledger"],
     checks=_idempotent,
     hint=["Delivery is at-least-once: the same payment can reach the handler twice. Remember what you charged.",
-          "Keep a set of payment ids already charged; skip those. Why the payment id and not ctx.event_id? "
-          "Look at P-2 in run_payments' docstring."],
+          "Keep a set of payment ids already charged (or look in the ledger); skip those. Why the payment id and "
+          "not ctx.event_id, as in lesson 03? P-2's two events have two different event ids."],
     solution='''
 charged = set()
 

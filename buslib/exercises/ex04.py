@@ -134,6 +134,9 @@ def _policy(policy: Any, shipping: Any):
                     f"policy allows {policy.max_deliver} deliveries; expected 3 (the first try and 2 retries).")
     yield Satisfies("policy", policy, lambda p: all(abs(d - 1.0) <= 0.001 for d in list(p.delays)[:2]),
                     f"policy waits {list(policy.delays)[:2]} s before the retries; expected 1 s each.")
+    yield Satisfies("policy", policy, lambda p: p.jitter == 0,
+                    f"policy has jitter={policy.jitter}, so its delays vary by up to {policy.jitter:.0%}; the "
+                    "question asks for no jitter: jitter=0.")
     yield ConsumerConfigIs(STREAM, durable_name(GROUP, OrderPlaced.subject()), max_deliver=3)
     yield DeadLetters(DLQ_STREAM, {"poison": ("exhausted", 3)})
     yield RetriesSpaced(shipping, "poison", tries=3, min_gap=0.8)
@@ -160,13 +163,20 @@ await sub.stop()
 )
 
 
-def _rejected(ship_checked: Any):
+VALID = "valid"  # question 2's order that must still be shipped
+
+
+def _rejected(ship_checked: Any, shipping: Any):
     yield DeadLetters(DLQ_STREAM, {"negative": ("rejected", 1)})
+    yield Satisfies("shipping.shipped", shipping, lambda s: VALID in s.shipped,
+                    f"Order {VALID!r} was not shipped (shipping.shipped is {shipping.shipped}). ship_checked must "
+                    "hand every order with a positive amount to shipping.handler(); publish it and wait until "
+                    "it is shipped.")
 
 
 q2 = Question(
     "q2", "Reject what can never succeed",
-    uses=["ship_checked"],
+    uses=["ship_checked", "shipping"],
     checks=_rejected,
     hint=["Retrying an order with a negative amount is pointless: every try fails the same way.",
           "`raise Reject(\"amount must be positive\")` (from buslib.retry) sends it to the dead letters at once, "
@@ -179,7 +189,9 @@ async def ship_checked(order, ctx):
 
 sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=ship_checked, retry=policy, dead_letters=dlq)
 await bus.publish(OrderPlaced(order_id="negative", amount=-5.0))
+await bus.publish(OrderPlaced(order_id="valid", amount=5.0))
 await wait_until(lambda: in_dead_letters(dlq, "negative"), timeout=15, what="the rejected order in the dead letters")
+await wait_until(lambda: "valid" in shipping.shipped, what="the valid order to be shipped")
 await sub.stop()
 ''',
     exercise="04",
@@ -190,10 +202,12 @@ def _replayed(replayed: Any, shipping: Any):
     yield IsInstance("replayed", replayed, ReplayResult, "Keep what `await dlq.replay(...)` returns.")
     yield Satisfies("shipping.shipped", shipping, lambda s: "poison" in s.shipped,
                     "Order 'poison' was not shipped after the replay. Subscribe the fixed handler "
-                    "(shipping.handler(fixed=True)) before replaying, and wait until it has shipped it.")
+                    "(shipping.handler(fixed=True)) in group GROUP, before or after the replay, and wait until "
+                    "it has shipped it.")
     yield DeadLetters(DLQ_STREAM, {"negative": ("rejected", 1)}, exact=True)
-    yield Satisfies("shipping.shipped", shipping, lambda s: sorted(set(s.shipped)) == ["flaky", "ok", "poison"],
-                    f"shipping.shipped is {sorted(set(shipping.shipped))}; expected flaky, ok and poison: with "
+    everything = sorted(["flaky", "ok", "poison", VALID])
+    yield Satisfies("shipping.shipped", shipping, lambda s: sorted(set(s.shipped)) == everything,
+                    f"shipping.shipped is {sorted(set(shipping.shipped))}; expected {', '.join(everything)}: with "
                     "'negative' in the dead letters, shipped + dead letters = every order published.")
 
 
@@ -201,7 +215,9 @@ q3 = Question(
     "q3", "Fix, then replay the dead letter",
     uses=["replayed", "shipping"],
     checks=_replayed,
-    hint=["Order of operations: a fixed handler must be consuming before the dead letter comes back.",
+    hint=["The replayed copy is stored in EX04 again, and group GROUP's durable consumer keeps it until a "
+          "handler of the group takes it: subscribe the fixed handler before or after the replay, then wait "
+          "until it has shipped the order.",
           "Replay only what the fix repairs: the coupon order (`dlq.replay(ids=[...])` with the ids of entries "
           "whose kind is 'exhausted', or a DeadLetterFilter on the reason). The negative order would only "
           "be rejected again."],

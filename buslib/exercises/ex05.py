@@ -98,13 +98,27 @@ class ReadsHistoryAs(Check):
                                f"expected {want!r}.")
 
 
-class SchemaRevisions(Check):
-    """The registry bucket holds ``count`` revisions of ``subject``, the last one adding ``field``."""
+def _is_string(prop: dict[str, Any]) -> bool:
+    """Whether a JSON Schema property allows strings (``{"type": "string"}``, or a union with null)."""
+    kinds = prop.get("type")
+    if kinds == "string" or (isinstance(kinds, list) and "string" in kinds):
+        return True
+    return any(_is_string(option) for option in prop.get("anyOf", []) + prop.get("oneOf", []))
 
-    def __init__(self, bucket: str, event_type: str, version: int, count: int, field: str) -> None:
-        self.bucket, self.event_type, self.version, self.count, self.field = bucket, event_type, version, count, field
+
+class SchemaRevisions(Check):
+    """The registry holds two revisions of a subject: the contract as it is, then with one new optional field.
+
+    Args:
+        contract: the Event class revision 1 must be (same properties, same required ones).
+        field: the field revision 2 adds, optional, a string.
+    """
+
+    def __init__(self, bucket: str, contract: type[Event], field: str) -> None:
+        self.bucket, self.contract, self.field = bucket, contract, field
 
     async def verify(self, ctx: Context) -> None:
+        from buslib.contracts import json_schema
         from buslib.schema_registry import SchemaRegistry
 
         js = await ctx.js()
@@ -113,22 +127,40 @@ class SchemaRevisions(Check):
         except Exception:
             raise Fail(f"There is no schema registry bucket {self.bucket!r}. Open it with "
                        f"SchemaRegistry.open(js, bucket={self.bucket!r}).") from None
-        revisions = await registry.history(self.event_type, self.version)
-        subject = f"{self.event_type}.v{self.version}"
-        if len(revisions) != self.count:
-            raise Fail(f"The registry holds {len(revisions)} revision(s) of {subject}; expected {self.count}: "
-                       "version 1 as it is, then the revision with the new field.")
-        last = revisions[-1].schema
-        if self.field not in last.get("properties", {}):
-            raise Fail(f"Revision {revisions[-1].revision} of {subject} has no property {self.field!r}; "
-                       f"expected the new optional field {self.field}.")
-        if self.field in last.get("required", []):
-            raise Fail(f"Revision {revisions[-1].revision} of {subject} makes {self.field!r} required.")
+        event_type, version = self.contract.event_type, self.contract.event_version
+        revisions = await registry.history(event_type, version)
+        subject = f"{event_type}.v{version}"
+        if len(revisions) != 2:
+            raise Fail(f"The registry holds {len(revisions)} revision(s) of {subject}; expected 2: "
+                       f"{self.contract.__name__} as it is, then the revision with the new field {self.field}. "
+                       "(Run the setup cell again to start from an empty registry.)")
+        expected = json_schema(self.contract)
+        first, second = (r.schema for r in revisions)
+        names = sorted(expected["properties"])
+        if sorted(first.get("properties", {})) != names or sorted(first.get("required", [])) != sorted(
+            expected.get("required", [])
+        ):
+            raise Fail(f"Revision 1 of {subject} has the properties {sorted(first.get('properties', {}))} "
+                       f"(required: {sorted(first.get('required', []))}); expected {self.contract.__name__}'s: "
+                       f"{names} (required: {sorted(expected.get('required', []))}). Register the class itself.")
+        added = sorted(set(second.get("properties", {})) - set(names))
+        removed = sorted(set(names) - set(second.get("properties", {})))
+        if removed:
+            raise Fail(f"Revision 2 of {subject} drops {removed}, which revision 1 has (an Event's id, version and "
+                       f"occurred_at are part of its contract). Start from revision 1's schema, "
+                       f"json_schema({self.contract.__name__}), and add the new field to it.")
+        if added != [self.field]:
+            raise Fail(f"Revision 2 of {subject} adds {added or 'nothing'}; expected one new field, {self.field!r}.")
+        if self.field in second.get("required", []):
+            raise Fail(f"Revision 2 of {subject} makes {self.field!r} required; expected it optional.")
+        if not _is_string(second["properties"][self.field]):
+            raise Fail(f"Revision 2 of {subject} declares {self.field!r} as {second['properties'][self.field]}; "
+                       'expected a string ({"type": "string"}).')
 
 
 def _v2(CustomerRegisteredV2: Any):
     yield EventContract("CustomerRegisteredV2", CustomerRegisteredV2, type=CUSTOMER_TYPE, version=2,
-                        fields={"customer_id": str, "email": str, "marketing_opt_in": bool})
+                        fields={"customer_id": str, "email": str, "marketing_opt_in": (bool, bool | None)})
     yield CompatibleWith("CustomerRegisteredV2", CustomerRegisteredV2, CustomerRegisteredV1, Compatibility.BACKWARD)
 
 
@@ -177,7 +209,7 @@ def product_v1_to_v2(old):
 
 
 def _registered(registry: Any):
-    yield SchemaRevisions(REGISTRY_BUCKET, CUSTOMER_TYPE, 1, count=2, field="phone")
+    yield SchemaRevisions(REGISTRY_BUCKET, CustomerRegisteredV1, field="phone")
 
 
 q3 = Question(
@@ -186,17 +218,15 @@ q3 = Question(
     checks=_registered,
     hint=["`registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)`, then "
           "`await registry.register(CustomerRegisteredV1)` stores revision 1.",
-          "For revision 2, register a JSON Schema: `await registry.register(schema, event_type=..., version=1)`. "
-          "Build it from a pydantic model with the extra optional field: `Model.model_json_schema()`."],
+          "For revision 2, do as lesson 05 section 9: `schema = json_schema(CustomerRegisteredV1)`, add "
+          "`schema[\"properties\"][\"phone\"] = {\"type\": \"string\"}` (not in \"required\"), then "
+          "`await registry.register(schema)`."],
     solution='''
-class CustomerV1WithPhone(BaseModel):  # the same v1 contract plus an optional field
-    customer_id: str
-    email: str
-    phone: str | None = None
-
 registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
 await registry.register(CustomerRegisteredV1)
-revision = await registry.register(CustomerV1WithPhone.model_json_schema(), event_type="ex05.customers.registered", version=1)
+with_phone = json_schema(CustomerRegisteredV1)  # the v1 contract as a JSON Schema dict
+with_phone["properties"]["phone"] = {"type": "string"}  # new and optional: not added to "required"
+revision = await registry.register(with_phone)
 ''',
     exercise="05",
 )
