@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from nats.js.errors import APIError, NotFoundError
 from buslib.bus.partitions import lane_durable, lane_filter, partition_count
 from buslib.events import Event
 from buslib.exercises.checks import _stream_info, delete_streams
-from buslib.exercises.core import Check, Context, Fail, IsInstance, Question, ____, wait_until
+from buslib.exercises.core import Check, Checks, Context, Fail, IsInstance, Question, ____, wait_until
 from buslib.subjects import durable_name, subject_matches
 
 __all__ = [
@@ -238,7 +238,7 @@ class BookedInOrder(Check):
                 )
 
 
-def _in_order(ledger_sub: Any, ledger: Any) -> Iterator[Check]:
+def _in_order(ledger_sub: Any, ledger: Any) -> Checks:
     yield IsInstance("ledger", ledger, Ledger, "Use the ledger = Ledger() from the setup cell.")
     yield Partitioned(PAYMENTS_STREAM, PaymentCaptured.subject(), PARTITIONS)
     yield OrderedLanes(PAYMENTS_STREAM, GROUP, PaymentCaptured.subject(), PARTITIONS, ledger)
@@ -329,7 +329,7 @@ class AuditSized(Check):
         raise Fail(f"The check published 4 entries for order {order} and the 4th was stored; expected it refused.")
 
 
-def _sized(audit: Any) -> Iterator[Check]:
+def _sized(audit: Any) -> Checks:
     yield AuditSized(AUDIT_STREAM)
 
 
@@ -346,8 +346,13 @@ q2 = Question(
     ],
     solution="""
 audit = await bus.ensure_stream(
-    AuditEntry, name=AUDIT_STREAM, subjects=["ex07.audit.>"], max_age=30 * 24 * 3600,
-    max_msgs_per_subject=3, discard=DiscardPolicy.NEW, discard_new_per_subject=True,
+    AuditEntry,
+    name=AUDIT_STREAM,
+    subjects=["ex07.audit.>"],
+    max_age=30 * 24 * 3600,
+    max_msgs_per_subject=3,
+    discard=DiscardPolicy.NEW,
+    discard_new_per_subject=True,
 )
 """,
     exercise="07",
@@ -386,7 +391,7 @@ class LagsRight(Check):
             raise Fail(f"worst is {self.worst!r}{said}, but {furthest!r} is furthest behind ({sum(truth[furthest])}).")
 
 
-def _lagging(lags: Any, worst: Any) -> Iterator[Check]:
+def _lagging(lags: Any, worst: Any) -> Checks:
     yield LagsRight(lags, worst)
 
 

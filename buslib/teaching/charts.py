@@ -139,6 +139,7 @@ def _timeline_class() -> type[Figure]:
 
             series: dict[str, list[float]]
             title: str
+            summary_lines: list[str] | None = None  # set by handling_order(): event numbers instead of times
 
             @property
             def summary(self) -> str:
@@ -147,7 +148,7 @@ def _timeline_class() -> type[Figure]:
                 (Named ``summary``, not ``text``: ``Figure.text()`` draws text on the figure.)
                 """
                 lines = [f"{self.title}:"]
-                if getattr(self, "summary_lines", None):  # a handling-order chart: event numbers
+                if self.summary_lines:  # a handling-order chart: event numbers
                     return "\n".join(lines + self.summary_lines)
                 for name, times in self.series.items():
                     lines.append(f"  {name}: " + ", ".join(f"{t:.3f}s" for t in times))
