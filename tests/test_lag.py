@@ -164,3 +164,18 @@ async def test_the_lag_view_records_each_refresh_and_shows_the_alert(bus, Order,
     assert "<polyline" in view._html.value and "LAGGING" in view._html.value
     assert isinstance(view, buslib.teaching.LagView) and not view.running
     view.close()
+
+
+async def test_the_lag_view_polls_by_itself_once_displayed_and_stops_when_told(bus, Order, stream):
+    await idle_group(bus, Order, "reports")
+    await bus.publish(Order(order_id="x"))
+    view = lag_view(bus, [(Order, "reports")], threshold=30, refresh=0.05)
+    bundle = view._repr_mimebundle_()  # what displaying it does: show, then keep it live
+    assert "Consumer group lag" in bundle["text/plain"] and view.running
+    await wait_until(lambda: len(view.history["reports"]) >= 3)
+    view.stop()
+    assert not view.running and set(view.history["reports"]) == {1}
+    polled = len(view.history["reports"])
+    await asyncio.sleep(0.2)  # stopped: no more polls
+    assert len(view.history["reports"]) == polled
+    view.close()

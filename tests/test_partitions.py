@@ -254,3 +254,16 @@ async def test_a_plain_group_on_a_keyed_contract_reads_every_key_and_partition(b
 async def test_an_empty_key_is_refused_before_anything_is_sent(bus, Keyed):
     with pytest.raises(ContractError, match="is the event's key"):
         await bus.publish(Keyed(customer_id="", n=0))
+
+
+@pytest.mark.parametrize("fast_ingest", [True, False])
+async def test_publish_many_sends_each_keyed_event_to_its_key_and_partition(bus, Keyed, fast_ingest):
+    await bus.ensure_stream(Keyed, partitions=4)
+    events = [Keyed(customer_id=key, n=n) for n in range(5) for key in KEYS]
+    acks = await bus.publish_many(events, fast_ingest=fast_ingest)  # fast-ingest acks are the batch's
+    stream = stream_name_for(Keyed.subject())
+    assert len(acks) == len(events) and (await bus.js.stream_info(stream)).state.messages == len(events)
+    for seq, event in enumerate(events, start=1):  # stored in the order published
+        stored = await bus.js.get_msg(stream, seq)
+        assert stored.subject == f"{Keyed.subject()}.{partition_of(event.customer_id, 4)}.{event.customer_id}"
+        assert stored.headers["Nats-Msg-Id"] == event.id
