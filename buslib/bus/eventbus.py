@@ -182,7 +182,7 @@ class EventBus:
 
     @property
     def subscriptions(self) -> list[Subscription]:
-        """The running subscriptions of this bus."""
+        """The running subscriptions of this bus (an ordered group's lanes one by one)."""
         return list(self._subscriptions)
 
     def _on_reconnected(self) -> None:
