@@ -279,18 +279,24 @@ class EventBus:
         return await self.publisher.publish(event)
 
     async def publish_many(
-        self, events: Iterable[Event], *, window: int = 4096, fast_ingest: bool = True
+        self,
+        events: Iterable[Event],
+        *,
+        window: int = 4096,
+        fast_ingest: bool = True,
+        progress: Callable[[int], object] | None = None,
     ) -> list[PubAck]:
         """Publish many events with many acknowledgements in flight; each stored once.
 
         See :func:`buslib.bus.batch.publish_many`: fast-ingest batches where the server
-        has them (2.14+), else ``window`` acknowledgements in flight.
+        has them (2.14+), else ``window`` acknowledgements in flight; ``progress(stored)``
+        follows the acknowledgements as they arrive.
 
         Raises:
             TypeError: an item is not an ``Event``.
             PublishManyError: some events were not stored (which, and how many were).
         """
-        return await self.publisher.publish_many(events, window=window, fast_ingest=fast_ingest)
+        return await self.publisher.publish_many(events, window=window, fast_ingest=fast_ingest, progress=progress)
 
     # -- subscribing ------------------------------------------------------------------
     async def subscribe(

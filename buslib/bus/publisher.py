@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import nats.errors
 import nats.js.errors
@@ -153,10 +153,15 @@ class Publisher:
         )
 
     async def publish_many(
-        self, events: Iterable[Event], *, window: int = 4096, fast_ingest: bool = True
+        self,
+        events: Iterable[Event],
+        *,
+        window: int = 4096,
+        fast_ingest: bool = True,
+        progress: Callable[[int], object] | None = None,
     ) -> list[PubAck]:
         """Publish many events with many acknowledgements in flight; see :func:`buslib.bus.batch.publish_many`."""
-        return await batch.publish_many(self, events, window=window, fast_ingest=fast_ingest)
+        return await batch.publish_many(self, events, window=window, fast_ingest=fast_ingest, progress=progress)
 
     async def reconnected(self) -> bool:
         """Wait up to ``publish_timeout`` for a lost connection to come back.
