@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from _bus_helpers import HoldingProxy, make_event, wait_until
+from nats.errors import MaxPayloadError
 from nats.js.api import DiscardPolicy, StorageType
 from nats.js.errors import NotFoundError
 
@@ -137,6 +138,22 @@ async def test_publish_many_error_names_the_first_event_not_stored(bus, Order, s
     assert "stored 5 of 8" in message
     assert f"#5 (id {events[5].id})" in message
     assert (await bus.js.stream_info(stream)).state.messages == 5
+
+
+async def test_an_event_too_large_with_its_headers_is_refused_with_a_clear_error_and_the_connection_stays(
+    bus, Order, stream
+):
+    """nats-py checks only the payload; the server counts the headers too and would close the connection."""
+    Big = make_event(Order.event_type.replace(".placed", ".big"), "Big", order_id=str, blob=str)  # same stream
+    event = Big(order_id="B-1", blob="x" * (bus.nc.max_payload - 400))  # the payload fits, not with the headers
+    with pytest.raises(
+        PublishError, match=r"bytes with its headers, more than the server accepts.*Make the event smaller"
+    ):
+        await bus.publish(event)
+    with pytest.raises(MaxPayloadError):
+        await bus.publish_many([Order(order_id="small"), event])
+    assert bus.nc.is_connected and not bus.nc.is_closed
+    assert (await bus.publish(Order(order_id="after"))).stream == stream
 
 
 async def test_publishing_something_that_is_not_an_event_raises_type_error(bus):

@@ -22,7 +22,7 @@ from nats.js.api import PubAck
 
 from buslib import tracing
 from buslib._nats.headers import header_lines
-from buslib._nats.protocol import MSG_ID
+from buslib._nats.protocol import MSG_ID, wire_size
 from buslib.bus import batch
 from buslib.bus.streams import StreamDirectory
 from buslib.contracts import codec
@@ -122,6 +122,12 @@ class Publisher:
 
     async def publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
         """Publish one message and wait for its acknowledgement, retrying with the same ``Nats-Msg-Id``."""
+        if (size := wire_size(data, headers)) > self.nc.max_payload:  # sent anyway, it would close the connection
+            raise PublishError(
+                f"The event {headers[MSG_ID]} on {subject!r} is {size} bytes with its headers, more than the server "
+                f"accepts in one message (max_payload: {self.nc.max_payload} bytes). Make the event smaller: keep "
+                "large data elsewhere (a file store, a NATS object store) and put a reference to it in the event."
+            )
         last: Exception | None = None
         for attempt in range(self.publish_attempts):
             if attempt:
