@@ -17,13 +17,17 @@ NOTEBOOKS = $(wildcard notebooks/*.ipynb exercises/solutions/*.ipynb)
 BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus_failures.py \
             tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py \
             tests/test_partitions.py tests/test_retention.py tests/test_concurrency.py tests/test_outbox.py \
-            tests/test_lag.py
+            tests/test_lag.py tests/test_bus_fuzz.py
 LOWEST   := .venv-lowest
+# make soak: what runs RUNS times (the lessons, the exercise solutions, the bus and server tests)
+RUNS     ?= 10
+SOAK_TESTS = $(NOTEBOOKS) $(BUS_TESTS) tests/test_dlq.py tests/test_dlq_invariant.py \
+             tests/test_server.py tests/test_server_211.py tests/test_connection.py
 # Jupyter refuses to run as root unless told; only say so when we are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab test lint bench clean distclean
+.PHONY: help setup lab test lint soak bench clean distclean
 
 help:  ## show this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +77,9 @@ lint: setup  ## ruff (lint and format), mypy, and the layers contract (no upward
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+
+soak: setup  ## run lessons, exercise solutions, bus and server tests RUNS=10 times; list what ever failed
+	$(BIN)/python scripts/soak.py --runs $(RUNS) $(SOAK_TESTS) $(if $(PYTEST_ARGS),--pytest-args='$(PYTEST_ARGS)')
 
 # A second venv with the lowest versions pyproject.toml allows, remade when it changes.
 $(LOWEST)/.installed: pyproject.toml tests/lowest_deps.py | $(BIN)/python

@@ -7,8 +7,8 @@ run with the real nats-server binary to prove the healthcheck URL answers OK.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,12 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _compose() -> dict:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- docker-compose.yml ---------------------------------------------------------------------
@@ -65,20 +59,25 @@ def test_compose_healthcheck_probes_jetstream_health():
 
 
 def test_compose_server_flags_give_a_server_whose_healthcheck_passes(tmp_path):
-    """Run the compose command's flags with the real binary (ports and store moved to free/temporary ones)."""
+    """Run the compose command's flags with the real binary (ports: any free ones the server picks
+    itself, read from its log, so no other program can take them in between; store: temporary)."""
     command = list(_compose()["services"]["nats"]["command"])
-    monitor = _free_port()
     command[command.index("-sd") + 1] = str(tmp_path / "data")
-    command[command.index("-m") + 1] = str(monitor)
+    command[command.index("-m") + 1] = "-1"  # the server picks a free monitoring port
+    log = tmp_path / "nats-server.log"
     proc = subprocess.Popen(
-        [str(find_server_binary()), *command, "-a", "127.0.0.1", "-p", "-1"],
+        [str(find_server_binary()), *command, "-a", "127.0.0.1", "-p", "-1", "-l", str(log)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     watchdog().guard(proc.pid, None)  # killed even if this test run is killed
     try:
-        url = f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
         deadline = time.monotonic() + 20
+        while not (monitor := re.search(r"Starting http monitor on 127\.0\.0\.1:(\d+)", _read(log))):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"the server never said where it monitors (exit code {proc.poll()}):\n{_read(log)}")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{monitor.group(1)}/healthz?js-enabled-only=true"
         while True:
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
@@ -93,6 +92,13 @@ def test_compose_server_flags_give_a_server_whose_healthcheck_passes(tmp_path):
         proc.terminate()
         proc.wait(10)
         watchdog().release(proc.pid)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 # -- environment.yml --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from enum import IntEnum
 
 import nats.js.errors
@@ -32,6 +33,7 @@ __all__ = [
     "hpub_frame",
     "parse_pub_ack",
     "pull_subject",
+    "wire_size",
 ]
 
 API_PREFIX = DEFAULT_PREFIX  # "$JS.API": the bus always uses the default JetStream API prefix
@@ -68,6 +70,21 @@ class ErrorCode(IntEnum):
     WORKQUEUE_NOT_UNIQUE = 10099  # a second unfiltered consumer on a work-queue stream
     WORKQUEUE_FILTER_OVERLAP = 10100  # overlapping filters on a work-queue stream
     WORKQUEUE_DELIVER_ALL = 10101  # a work-queue consumer must deliver all
+
+
+def wire_size(data: bytes, headers: Mapping[str, str] | None) -> int:
+    """The bytes of a message the server holds against its ``max_payload``: payload and header block.
+
+    nats-py checks only the payload before sending; a message whose headers take it over the
+    limit reaches the server, which answers "Maximum Payload Violation" and closes the
+    connection (and nats-py then closes the client for good). Check with this first.
+    The block is counted as nats-py renders it: ``NATS/1.0``, then ``Name: value`` lines
+    with names and values stripped (empty names skipped), then an empty line.
+    """
+    if not headers:
+        return len(data)
+    lines = sum(len(k.strip().encode()) + len(str(v).strip().encode()) + 4 for k, v in headers.items() if k.strip())
+    return len(data) + len(b"NATS/1.0\r\n\r\n") + lines
 
 
 def pull_subject(stream: str, consumer: str) -> str:

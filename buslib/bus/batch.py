@@ -10,7 +10,7 @@ the server and the stream allow them (:mod:`buslib.bus.fast_ingest`) or windowed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import nats.js.errors
 from nats.js.api import PubAck
@@ -28,7 +28,12 @@ __all__ = ["publish_many"]
 
 
 async def publish_many(
-    sender: Sender, events: Iterable[Event], *, window: int = 4096, fast_ingest: bool = True
+    sender: Sender,
+    events: Iterable[Event],
+    *,
+    window: int = 4096,
+    fast_ingest: bool = True,
+    progress: Callable[[int], object] | None = None,
 ) -> list[PubAck]:
     """Publish many events with many acknowledgements in flight; each stored once.
 
@@ -55,6 +60,11 @@ async def publish_many(
         window: how many publishes may await their acknowledgement at once (windowed).
         fast_ingest: use fast-ingest batches where available (see above); False for an
             exact ``PubAck`` per event.
+        progress: called with how many messages the server has confirmed stored so far in
+            this call, each time that number grows (every ack when windowed, every flow ack
+            of a fast-ingest batch): a progress bar, or a test's fault at a point the code
+            decides. It runs inside nats-py's message callback: keep it quick, and do not
+            await anything from it.
 
     Returns:
         One ``PubAck`` per event, in input order (for the event's first subject).
@@ -74,16 +84,17 @@ async def publish_many(
     results: list[Result] = [None] * len(prepared)
     todo = list(range(len(prepared)))
     fast = fast_ingest and len(prepared) > 1 and await fast_ingest_available(sender, subjects)
+    on_stored = None if progress is None else _counter(progress)
     for attempt in range(sender.publish_attempts):
         if attempt:
             sender.retries += len(todo)
             await asyncio.sleep(backoff_delay(attempt - 1, cap=2.0))
         if fast and len(todo) > 1:
-            await send_fast_ingest(sender, prepared, todo, results)
+            await send_fast_ingest(sender, prepared, todo, results, on_stored=on_stored)
             # a refused message ends a fast batch: the windowed way gets the rest an exact answer each
             fast = not any(isinstance(results[i], nats.js.errors.APIError) for i in todo)
         else:
-            await send_windowed(sender, prepared, todo, results, window)
+            await send_windowed(sender, prepared, todo, results, window, on_stored=on_stored)
         todo = [i for i in todo if results[i] is None or retryable(results[i])]
         if not todo:
             break
@@ -109,3 +120,15 @@ async def publish_many(
             acks=acks,
         )
     return [ack for ack in acks if ack is not None]  # every event has its ack here
+
+
+def _counter(progress: Callable[[int], object]) -> Callable[[int], None]:
+    """Adds up what each send reports newly stored and tells ``progress`` the running total."""
+    stored = 0
+
+    def add(newly_stored: int) -> None:
+        nonlocal stored
+        stored += newly_stored
+        progress(stored)
+
+    return add

@@ -18,18 +18,15 @@ server, and otherwise keeps thousands of acked publishes in flight at once.
 
 Subscribing: a *group* is a durable pull consumer; every instance that subscribes with
 the same group shares the messages (each goes to one instance), and every group gets
-every message. The durable is named ``<group>__<subject>`` with dots, ``*`` and ``>``
-spelled ``_``, ``any`` and ``all`` (``billing__orders_created_v1``), so one group can
-consume several event types. Subscribing to a contract class reads its whole history:
+every message. The durable is named ``<group>__<subject>``
+(``billing__orders_created_v1``), so one group can consume several event types. Subscribing to a contract class reads its whole history:
 the consumer filters on every subject the class can decode (``filter_subjects``: v1 and
 v2 when an upcaster links them; the durable keeps the class's own subject in its name).
 A handler that returns acks the message; an exception retries it later (``Retry``);
 ``Reject``, exhausted retries and undecodable payloads go to the dead-letter sink and are
 terminated. Running handlers are kept alive with ``in_progress``, for at most
 ``handler_timeout`` (5 minutes by default): then the handler is cancelled and the message
-retried. A worker survives server restarts. If its stream is deleted, the subscription
-logs one warning, checks back quietly every few seconds, and resumes when a stream of that
-name exists again (``stop()`` it if the stream is gone for good).
+retried. A worker survives server restarts, and waits quietly for a deleted stream to return.
 
 Ordered groups (``ordered=True``) keep each key's events in order, one lane per partition
 of the stream (:mod:`buslib.bus.ordered`); ``deliver=`` says where a new group starts
@@ -41,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nats.aio.client import Client
@@ -281,18 +278,24 @@ class EventBus:
         return await self.publisher.last_sequence(target, key=key)
 
     async def publish_many(
-        self, events: Iterable[Event], *, window: int = 4096, fast_ingest: bool = True
+        self,
+        events: Iterable[Event],
+        *,
+        window: int = 4096,
+        fast_ingest: bool = True,
+        progress: Callable[[int], object] | None = None,
     ) -> list[PubAck]:
         """Publish many events with many acknowledgements in flight; each stored once.
 
         See :func:`buslib.bus.batch.publish_many`: fast-ingest batches where the server
-        has them (2.14+), else ``window`` acknowledgements in flight.
+        has them (2.14+), else ``window`` acknowledgements in flight; ``progress(stored)``
+        follows the acknowledgements as they arrive.
 
         Raises:
             TypeError: an item is not an ``Event``.
             PublishManyError: some events were not stored (which, and how many were).
         """
-        return await self.publisher.publish_many(events, window=window, fast_ingest=fast_ingest)
+        return await self.publisher.publish_many(events, window=window, fast_ingest=fast_ingest, progress=progress)
 
     # -- subscribing ------------------------------------------------------------------
     async def subscribe(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import nats.errors
 import nats.js.errors
@@ -22,7 +22,7 @@ from nats.js.api import PubAck
 
 from buslib import tracing
 from buslib._nats.headers import header_lines
-from buslib._nats.protocol import EXPECTED_LAST_SUBJECT_SEQUENCE, MSG_ID, ErrorCode
+from buslib._nats.protocol import EXPECTED_LAST_SUBJECT_SEQUENCE, MSG_ID, ErrorCode, wire_size
 from buslib.bus import batch
 from buslib.bus.streams import StreamDirectory, subject_of
 from buslib.contracts import codec
@@ -161,6 +161,12 @@ class Publisher:
 
     async def publish_one(self, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
         """Publish one message and wait for its acknowledgement, retrying with the same ``Nats-Msg-Id``."""
+        if (size := wire_size(data, headers)) > self.nc.max_payload:  # sent anyway, it would close the connection
+            raise PublishError(
+                f"The event {headers[MSG_ID]} on {subject!r} is {size} bytes with its headers, more than the server "
+                f"accepts in one message (max_payload: {self.nc.max_payload} bytes). Make the event smaller: keep "
+                "large data elsewhere (a file store, a NATS object store) and put a reference to it in the event."
+            )
         last: Exception | None = None
         for attempt in range(self.publish_attempts):
             if attempt:
@@ -222,10 +228,15 @@ class Publisher:
         )
 
     async def publish_many(
-        self, events: Iterable[Event], *, window: int = 4096, fast_ingest: bool = True
+        self,
+        events: Iterable[Event],
+        *,
+        window: int = 4096,
+        fast_ingest: bool = True,
+        progress: Callable[[int], object] | None = None,
     ) -> list[PubAck]:
         """Publish many events with many acknowledgements in flight; see :func:`buslib.bus.batch.publish_many`."""
-        return await batch.publish_many(self, events, window=window, fast_ingest=fast_ingest)
+        return await batch.publish_many(self, events, window=window, fast_ingest=fast_ingest, progress=progress)
 
     async def reconnected(self) -> bool:
         """Wait up to ``publish_timeout`` for a lost connection to come back.
