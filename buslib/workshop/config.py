@@ -192,10 +192,12 @@ class Room:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (0600), created that way: rooms hold passwords."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
-    path.chmod(0o600)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)  # readers (a running serve) see the old file or the new one, never half
 
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")

@@ -24,6 +24,9 @@ from typing import Any
 import nats.js.errors
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
+from buslib._nats.info import connection_account
+from buslib.connection import INSTRUCTOR_ACCOUNT, connect, is_workshop_server, redact
+from buslib.errors import WorkshopError
 from buslib.workshop.config import PROGRESS_PREFIX, PROGRESS_STREAM
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "STATUSES",
     "ProgressReader",
     "Record",
+    "connect_instructor",
     "ensure_progress_stream",
     "parse_record",
     "progress_stream_config",
@@ -202,3 +206,29 @@ async def read_progress(js: Any, *, timeout: float = 10.0) -> list[Record]:
         return await reader.read()
     finally:
         await reader.stop()
+
+
+async def connect_instructor(url: str, *, name: str = "buslib-workshop", tls: Any = None) -> Any:
+    """Connect as a workshop's instructor, or say clearly why this URL is not that.
+
+    Raises:
+        WorkshopError: the server is not a workshop server, or the URL is not the instructor's.
+        ConnectError: the server cannot be reached, or refused the credentials.
+    """
+    nc = await connect(url, name=name, instructor=True, tls=tls, require_jetstream=False)
+    try:
+        if not is_workshop_server(nc):
+            raise WorkshopError(
+                f"{redact(url)} is not a workshop server (buslib workshop serve names its server buslib-workshop-...). "
+                "Give the instructor's URL of the room (BUSLIB_WORKSHOP_URL in its instructor.env)."
+            )
+        account = await connection_account(nc)
+        if account != INSTRUCTOR_ACCOUNT:
+            raise WorkshopError(
+                f"{redact(url)} is not the instructor's URL: it logs in to account {account}. "
+                "The room's progress is in the instructor's account: use BUSLIB_WORKSHOP_URL from the room's instructor.env."
+            )
+    except BaseException:
+        await nc.close()
+        raise
+    return nc

@@ -256,7 +256,7 @@ def _save_roster(room: Room, lines: list[RosterLine]) -> None:
     slips = [
         f"JetStream Bus Lab workshop: {line.user}\n"
         f"  export NATS_URL={line.nats_url}\n"
-        f"  make lab\n"
+        f"  make lab        (in the kit's folder)\n"
         f"Valid until {line.valid_until}. This URL is yours only: do not share it.\n{ca}"
         for line in lines
     ]

@@ -31,11 +31,10 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from buslib.connection import connect
 from buslib.errors import ServerError, WorkshopError
 from buslib.server import EmbeddedServer
 from buslib.workshop.config import Limits, Room
-from buslib.workshop.progress import ensure_progress_stream
+from buslib.workshop.progress import connect_instructor, ensure_progress_stream
 from buslib.workshop.room import create_room, instructor_urls, read_roster, write_room_files
 
 __all__ = ["LocalRoom", "WorkshopServer", "instructor_tls", "preflight"]
@@ -125,7 +124,7 @@ class WorkshopServer:
     async def prepare(self) -> None:
         """Create the PROGRESS stream in the instructor's account (where every check is recorded)."""
         url, _ = instructor_urls(self.folder)
-        nc = await connect(url, name="buslib-workshop-serve", instructor=True, tls=instructor_tls(self.folder))
+        nc = await connect_instructor(url, name="buslib-workshop-serve", tls=instructor_tls(self.folder))
         try:
             await ensure_progress_stream(nc.jetstream(timeout=5))
         finally:
@@ -134,6 +133,11 @@ class WorkshopServer:
     @property
     def running(self) -> bool:
         return self.server is not None and self.server.running
+
+    @property
+    def version(self) -> str | None:
+        """The running nats-server's version."""
+        return self.server.version if self.server else None
 
     @property
     def pid(self) -> int | None:
