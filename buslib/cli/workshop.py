@@ -18,7 +18,7 @@ from typing import Any
 from buslib.errors import WorkshopError
 from buslib.workshop import DEFAULT_ROOM, Limits, Room, WorkshopServer, create_room, extend_room, parse_valid_until
 from buslib.workshop.board import BoardState, format_board, server_stats
-from buslib.workshop.progress import ProgressReader, connect_instructor
+from buslib.workshop.progress import ProgressReader, connect_instructor, ensure_progress_stream
 from buslib.workshop.room import INSTRUCTOR_URL_ENV, MAX_LEARNERS, SYS_URL_ENV, instructor_urls, read_roster
 from buslib.workshop.serve import instructor_tls
 
@@ -209,7 +209,9 @@ async def _board(args: argparse.Namespace) -> int:
         from buslib.connection import connect
 
         sys_nc = await connect(sys_url, instructor=True, require_jetstream=False, tls=tls, name="buslib-board-stats")
-    reader = await ProgressReader(nc.jetstream(timeout=5)).start()
+    js = nc.jetstream(timeout=5)
+    await ensure_progress_stream(js)  # a room served by docker compose: the board makes it
+    reader = await ProgressReader(js).start()
     state = BoardState(learners)
     end = time.monotonic() + min(max(args.seconds, 0.0), LONGEST_RUN)
     try:

@@ -197,9 +197,15 @@ async def read_progress(js: Any, *, timeout: float = 10.0) -> list[Record]:
     """Every record in the PROGRESS stream now, oldest first.
 
     Raises:
-        nats.js.errors.NotFoundError: the stream does not exist (no workshop served yet).
+        WorkshopError: the stream does not exist (nothing prepared it yet).
     """
-    await js.stream_info(PROGRESS_STREAM)  # a clear NotFoundError before subscribing
+    try:
+        await js.stream_info(PROGRESS_STREAM)
+    except nats.js.errors.NotFoundError:
+        raise WorkshopError(
+            "This workshop server has no PROGRESS stream, so no check has been recorded. `buslib workshop serve` "
+            "and the board create it; start the board before learners begin when the room runs in Docker."
+        ) from None
     reader = await ProgressReader(js).start()
     try:
         await reader.catch_up(timeout=timeout)

@@ -20,7 +20,7 @@ from buslib.connection import connect
 from buslib.teaching._html import STYLE, bundle_with_html, table_html
 from buslib.workshop.board import BoardState, BoardView, ago, format_board, marks_by_exercise, server_stats
 from buslib.workshop.config import Learner
-from buslib.workshop.progress import ProgressReader, connect_instructor
+from buslib.workshop.progress import ProgressReader, connect_instructor, ensure_progress_stream
 
 __all__ = ["BoardWidget", "board_widget"]
 
@@ -128,7 +128,9 @@ class BoardWidget(widgets.VBox):
     async def _ensure_reader(self) -> ProgressReader:
         if self._nc is None or self._nc.is_closed:
             self._nc = await connect_instructor(self.url, name="buslib-workshop-board", tls=self.tls)
-            self._reader = await ProgressReader(self._nc.jetstream(timeout=5)).start()
+            js = self._nc.jetstream(timeout=5)
+            await ensure_progress_stream(js)  # a room served by docker compose: nobody made it yet
+            self._reader = await ProgressReader(js).start()
         if self.sys_url and (self._sys is None or self._sys.is_closed):
             self._sys = await connect(
                 self.sys_url, name="buslib-workshop-board-stats", instructor=True, require_jetstream=False, tls=self.tls
