@@ -212,6 +212,14 @@ class LocalRoom:
     def sys_url(self) -> str:
         return instructor_urls(self.room.folder)[1]
 
+    async def start(self) -> LocalRoom:
+        """Create and serve the room (what ``async with`` does; for notebooks, where a block cannot span cells)."""
+        return await self.__aenter__()
+
+    async def stop(self) -> None:
+        """Stop the server and remove the room's folder."""
+        await self.__aexit__(None, None, None)
+
     async def __aenter__(self) -> LocalRoom:
         self.folder = Path(tempfile.mkdtemp(prefix="buslib-workshop-"))
         try:
