@@ -246,3 +246,20 @@ def test_roster_prints_one_learners_line(tmp_path, capsys):
     assert cli(["workshop", "roster", "--room", folder, "--learner", "2"]) == 0
     assert capsys.readouterr().out.strip() == f"learner02  NATS_URL={read_roster(folder)[1].nats_url}"
     assert cli(["workshop", "roster", "--room", folder, "--learner", "9"]) == 1
+
+
+async def test_a_new_room_in_the_same_folder_starts_empty_and_is_refused_while_served(tmp_path):
+    folder = tmp_path / "room"
+    create_room(folder, learners=1, port=free_port(), monitor_port=free_port())
+    async with WorkshopServer(folder):
+        nc = await buslib.connect(read_roster(folder)[0].nats_url)
+        await nc.jetstream().add_stream(name="FROM_LAST_SESSION", subjects=["last.>"])
+        await nc.close()
+        with pytest.raises(WorkshopError, match="being served right now"):
+            create_room(folder, learners=1, overwrite=True)
+    room = Room.load(folder)
+    create_room(folder, learners=1, port=room.port, monitor_port=room.monitor_port, overwrite=True)
+    async with WorkshopServer(folder):
+        nc = await buslib.connect(read_roster(folder)[0].nats_url)
+        assert await nc.jetstream().streams_info() == []  # the new learner01 sees nothing of the old one
+        await nc.close()

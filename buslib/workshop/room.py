@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buslib.errors import WorkshopError
+from buslib.server.stores import store_in_use
 from buslib.workshop.config import (
     INSTRUCTOR_LIMITS,
     ROOM_FILE,
@@ -119,7 +120,8 @@ def create_room(
         tls_ca: the CA file learners need to trust a self-signed certificate (copied as ``ca.pem``).
         limits: each learner account's limits.
         store_dir: the JetStream store; defaults to ``<folder>/store``.
-        overwrite: replace a room already in ``folder`` (its roster stops working).
+        overwrite: replace a room already in ``folder``: its roster stops working, and its
+            streams and progress records are deleted (refused while it is being served).
 
     Raises:
         WorkshopError: a setting is out of range, a TLS file is missing, or ``folder``
@@ -142,6 +144,8 @@ def create_room(
             f"{old.valid_until.isoformat()}). Its roster may be in your learners' hands: a new room there gives "
             "everyone new passwords. Serve that room, extend it, or choose another folder; replace it only on purpose."
         )
+    if overwrite and (folder / ROOM_FILE).exists():
+        _forget_old_room(Room.load(folder))
     host, listen = _host_and_listen(host, listen)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     width = max(2, len(str(learners)))
@@ -190,6 +194,17 @@ def create_room(
     _write_roster(room, passwords)
     write_room_files(room)
     return room
+
+
+def _forget_old_room(old: Room) -> None:
+    """A new room starts empty: the old room's streams and progress records would show up in it."""
+    pid = store_in_use(old.store)
+    if pid is not None:
+        raise WorkshopError(
+            f"Workshop {old.id} is being served right now (process {pid}). Stop it first (Ctrl-C where "
+            "it runs), then create the new room."
+        )
+    shutil.rmtree(old.store / "jetstream", ignore_errors=True)
 
 
 def _host_and_listen(host: str | None, listen: str | None) -> tuple[str, str]:
