@@ -263,3 +263,12 @@ async def test_a_new_room_in_the_same_folder_starts_empty_and_is_refused_while_s
         nc = await buslib.connect(read_roster(folder)[0].nats_url)
         assert await nc.jetstream().streams_info() == []  # the new learner01 sees nothing of the old one
         await nc.close()
+
+
+def test_serve_stops_the_server_when_the_passwords_expire(tmp_path, capsys):
+    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)
+    create_room(tmp_path / "room", learners=1, port=free_port(), monitor_port=free_port(), valid_until=soon)
+    assert cli(["workshop", "serve", "--room", str(tmp_path / "room"), "--for", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "is serving 1 learners" in out and "expired at" in out and "stopping" in out
+    assert not (tmp_path / "room" / "store" / ".buslib-owner").exists()  # the server is gone, its claim released

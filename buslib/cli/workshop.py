@@ -178,7 +178,7 @@ def _serve_until_stopped(server: WorkshopServer, seconds: float | None) -> int:
             return 1
         if time.monotonic() >= end:
             return 0
-        if time.monotonic() - checked > 5:  # `buslib workshop extend` may have moved the end
+        if time.monotonic() - checked > 2:  # `buslib workshop extend` may have moved the end
             checked = time.monotonic()
             try:
                 room = Room.load(server.folder)

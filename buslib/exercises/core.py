@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
+from buslib.exercises.placeholder import Placeholder, ____, is_placeholder
 from buslib.exercises.recording import record_check
 from buslib.teaching.helpers import wait_until
 
@@ -57,63 +58,6 @@ __all__ = [
 
 MIME_TYPE = "application/vnd.buslib.check+json"
 CHECK_TIMEOUT = 30.0  # seconds for one question's checks; server calls take milliseconds
-
-
-class Placeholder:
-    """The ``____`` blank a learner replaces with code.
-
-    It tolerates being used (called, awaited, indexed, iterated, attribute access), so a cell
-    such as ``info = await js.add_stream(name=____)`` never crashes: the check then says
-    "not attempted" instead of the notebook stopping with an unrelated traceback.
-    """
-
-    _instance: Placeholder | None = None
-
-    def __new__(cls) -> Placeholder:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "____"
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Placeholder:
-        return self
-
-    def __getattr__(self, name: str) -> Placeholder:
-        if name.startswith("__") and name.endswith("__"):  # keep copy/pickle/IPython protocols honest
-            raise AttributeError(name)
-        return self
-
-    def __getitem__(self, key: Any) -> Placeholder:
-        return self
-
-    def __iter__(self):
-        return iter(())
-
-    def __await__(self):
-        return self
-        yield  # makes this a generator: `await ____` evaluates to ____
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __len__(self) -> int:
-        return 0
-
-
-____ = Placeholder()
-
-
-def is_placeholder(value: Any) -> bool:
-    """Whether ``value`` is ``____`` or a list/tuple/set/dict that still holds one."""
-    if value is ____:
-        return True
-    if isinstance(value, Mapping):
-        return any(is_placeholder(k) or is_placeholder(v) for k, v in value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(is_placeholder(v) for v in value)
-    return False
 
 
 class Status(str, Enum):
@@ -239,8 +183,7 @@ class Context:
         return self._nc
 
     @property
-    def opened(self) -> Any:
-        """The connection if a check opened one, else None."""
+    def opened(self) -> Any:  # the connection if a check opened one, else None
         return self._nc
 
     async def js(self) -> Any:
@@ -370,14 +313,8 @@ class Question:
 
     # -- running the checks -------------------------------------------------------------
     async def outcome_async(self, namespace: Mapping[str, Any], *, url: str | None = None) -> Outcome:
-        """Run the checks against ``namespace`` (the learner's variables) and return the outcome.
-
-        Args:
-            namespace: the learner's variables.
-            url: the server to check against; ``None`` means ``NATS_URL`` or the embedded server.
-
-        On a workshop server the outcome is also recorded for the instructor (best effort).
-        """
+        """Run the checks against ``namespace`` (the learner's variables) on ``url`` (default: ``NATS_URL`` or
+        the embedded server) and return the outcome; a workshop server also records it for the instructor."""
         ctx = Context(url)
         started = time.perf_counter()
         try:
