@@ -197,6 +197,7 @@ async def test_a_cannot_record_progress_as_b(room, a, instructor):
 
     found = await wait_until(forged_records, what="A's record in PROGRESS")
     assert [r.account for r in found] == ["L01"]  # the server says who sent it, whatever the payload claims
+    assert found[0].time > 1e9  # and when: the server's clock, not the payload's "time": 1.0
 
 
 async def test_a_flooding_progress_only_pushes_out_its_own_records(a, b, instructor):

@@ -22,7 +22,6 @@ and on a workshop server it is recorded for the instructor (:mod:`buslib.exercis
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import html
 import re
 import sys
@@ -420,11 +419,10 @@ def _run_in_thread(coro: Any, *, timeout: float) -> Any:
     with its own connection leaves the kernel's loop alone.
     """
     box: dict[str, Any] = {}
-    context = contextvars.copy_context()  # the caller's context variables (trace ids) hold inside the check
 
     def target() -> None:
         try:
-            box["value"] = context.run(asyncio.run, asyncio.wait_for(coro, timeout))
+            box["value"] = asyncio.run(asyncio.wait_for(coro, timeout))
         except BaseException as err:  # handed to the caller's thread
             box["error"] = err
 

@@ -57,7 +57,7 @@ class Record:
         exercise / question / title: which question (``"01"``, ``"q2"``, what it asks).
         status: correct, incorrect, not attempted or error.
         message: the feedback the learner saw (shortened).
-        time: when it was checked (epoch seconds, the learner's clock).
+        time: when it was checked (epoch seconds, when the server stored the record).
         check_ms: how long the check took.
     """
 
@@ -77,10 +77,11 @@ class Record:
         return f"{self.exercise}/{self.question}"
 
 
-def parse_record(subject: str, data: bytes, seq: int = 0) -> Record | None:
+def parse_record(subject: str, data: bytes, seq: int = 0, *, received: float | None = None) -> Record | None:
     """A record from one PROGRESS message, or None when it is not one (anything can be published).
 
-    The account comes from ``subject`` (``progress.<ACCOUNT>``), never from ``data``.
+    The account comes from ``subject`` (``progress.<ACCOUNT>``), never from ``data``; the time
+    is ``received`` (when the server stored it) when given, else the learner's own clock.
     """
     prefix = PROGRESS_PREFIX + "."
     account = subject[len(prefix) :] if subject.startswith(prefix) else ""
@@ -97,7 +98,7 @@ def parse_record(subject: str, data: bytes, seq: int = 0) -> Record | None:
     if status not in STATUSES or not isinstance(exercise, str) or not isinstance(question, str):
         return None
     try:
-        when = float(payload.get("time") or 0.0)
+        when = received if received is not None else float(payload.get("time") or 0.0)
         check_ms = float(payload["check_ms"]) if payload.get("check_ms") is not None else None
     except (TypeError, ValueError):
         return None
@@ -162,7 +163,8 @@ class ProgressReader:
     async def _on_message(self, msg: Any) -> None:
         seq = msg.metadata.sequence.stream
         self.last_seq = max(self.last_seq, seq)
-        record = parse_record(msg.subject, msg.data, seq)
+        stamp = msg.metadata.timestamp  # the server's clock: the same for every learner, and not theirs to set
+        record = parse_record(msg.subject, msg.data, seq, received=stamp.timestamp() if stamp else None)
         if record is None:
             self.skipped += 1
         else:
