@@ -27,6 +27,7 @@ import inspect
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -46,6 +47,12 @@ def process_cpu(pid: int) -> float:
 
 
 # -- one learner (a worker process) ---------------------------------------------------------
+def _exercise_of(notebook: Path) -> str | None:
+    """``"01"`` for ``ex01_persistence.ipynb`` (or ``01_persistence.ipynb``)."""
+    match = re.match(r"^(?:ex)?(\d\d)_", notebook.name)
+    return match.group(1) if match else None
+
+
 def code_cells(notebook: Path) -> list[str]:
     return [
         "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
@@ -85,7 +92,7 @@ async def run_notebook(notebook: Path, cell_timeout: float) -> list[dict[str, An
 def worker(exercises: list[str], cell_timeout: float) -> None:
     import buslib  # noqa: F401 - import before saying ready: the start is the same moment for all
 
-    notebooks = [p for p in sorted(SOLUTIONS.glob("*.ipynb")) if p.name[:2] in exercises]
+    notebooks = [p for p in sorted(SOLUTIONS.glob("*.ipynb")) if _exercise_of(p) in exercises]
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return

@@ -150,6 +150,50 @@ async def test_buslib_server_prints_the_url_serves_and_stops_on_signal(tmp_path,
     assert (store / "jetstream").is_dir()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="sends POSIX signals")
+def test_a_second_buslib_server_on_the_same_store_names_the_running_one_and_a_way_out(tmp_path):
+    """The learner's case: `buslib server` already runs in another terminal, with the default store."""
+    store = tmp_path / "store"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "buslib", "server", "--port", "0", "--store-dir", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert first.stdout is not None
+        url = re.search(r"URL:\s+(nats://127\.0\.0\.1:\d+)", "".join(first.stdout.readline() for _ in range(3)))
+        assert url, first.stderr.read() if first.poll() is not None else "no URL printed"
+        second = _buslib("server", "--port", "0", "--store-dir", str(store))
+        assert second.returncode == 1
+        assert "already running on the store folder" in second.stderr and url.group(1) in second.stderr
+        assert "--store-dir" in second.stderr  # the way to a second server
+        other = tmp_path / "store2"  # ... which works: free ports, its own store (started and stopped)
+        third = subprocess.Popen(
+            [sys.executable, "-m", "buslib", "server", "--port", "0", "--store-dir", str(other)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        try:
+            assert third.stdout is not None
+            assert "is ready" in third.stdout.readline(), third.stderr.read() if third.poll() is not None else ""
+            third.send_signal(signal.SIGTERM)
+            assert third.wait(30) == 0
+        finally:
+            if third.poll() is None:
+                third.kill()
+                third.wait()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
 def test_buslib_server_on_a_taken_port_explains(nats_url, tmp_path):
     port = nats_url.rsplit(":", 1)[1]
     result = _buslib("server", "--port", port, "--monitor-port", "0", "--store-dir", str(tmp_path))

@@ -342,7 +342,7 @@ async def test_an_ack_timeout_on_the_last_delivery_is_caught_from_the_max_delive
     assert (entry.kind, entry.source, entry.stream_seq, entry.num_delivered) == ("exhausted", "advisory", 1, 2)
     assert entry.data == b'{"slow": true}' and entry.trace_id == "c" * 32
     assert entry.group == "billing" and entry.consumer == env.consumer
-    assert "without an acknowledgement" in entry.reason
+    assert "never acknowledged" in entry.reason
     assert env.hooked == [entry]
     assert msg.metadata.sequence.stream == 1
     again = await env.dlq.reconcile()  # each advisory is handled once

@@ -195,7 +195,7 @@ def test_generated_learner_copies_are_up_to_date():
 def test_staleness_check_fails_on_an_edited_learner_copy(tmp_path, monkeypatch):
     gen = _generator()
     (tmp_path / "solutions").mkdir()
-    source = ROOT / "exercises" / "solutions" / "00_start_here.ipynb"
+    source = ROOT / "exercises" / "solutions" / "ex00_start_here.ipynb"
     (tmp_path / "solutions" / source.name).write_text(source.read_text())
     monkeypatch.setattr(gen, "SOLUTIONS", tmp_path / "solutions")
     monkeypatch.setattr(gen, "LEARNER", tmp_path)
@@ -219,5 +219,46 @@ def test_each_questions_solution_text_is_the_code_of_its_solution_notebook():
             for c in nb.cells
             if c.cell_type == "code" and "# solution\n" in c.source
         ]
-        texts = [q.solution_text.strip() for q in questions(path.name[:2])]
+        texts = [q.solution_text.strip() for q in questions(path.name[2:4])]
         assert texts == solved, path.name
+
+
+# -- names and links ----------------------------------------------------------------------
+LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SOLVED = sorted((ROOT / "exercises" / "solutions").glob("*.ipynb"))
+LEARNER_COPIES = sorted((ROOT / "exercises").glob("*.ipynb"))
+
+
+def test_exercises_are_named_exNN_so_their_tabs_differ_from_the_lessons():
+    """A lesson and its exercise open side by side in JupyterLab: their tab titles must differ."""
+    assert [p.name for p in SOLVED] == [p.name for p in LEARNER_COPIES] == [f"ex{p.name}" for p in LESSONS]
+    assert not {p.name for p in LEARNER_COPIES} & {p.name for p in LESSONS}
+
+
+@pytest.mark.parametrize("notebook", SOLVED + LEARNER_COPIES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_of_an_exercise_notebook_resolves(notebook):
+    import nbformat
+
+    gen = _generator()
+    targets = [
+        m.group(2).partition("#")[0]
+        for cell in nbformat.read(notebook, as_version=4).cells
+        if cell.cell_type == "markdown"
+        for m in gen._LINK.finditer(cell.source)
+        if not gen._EXTERNAL.match(m.group(2))
+    ]
+    assert any(t.endswith(".ipynb") and "notebooks/" in t for t in targets), "no link to its lesson"
+    broken = [t for t in targets if not (notebook.parent / t).exists()]
+    assert broken == [], f"{notebook.name} links to missing files: {broken}"
+
+
+def test_generator_rebases_links_from_solutions_to_learner_copies():
+    gen = _generator()
+    text = (
+        "[lesson](../../notebooks/01_persistence.ipynb), [next](ex02_event_bus.ipynb#setup), "
+        "[docs](../../docs/exercises.md), [web](https://docs.nats.io), [here](#done)"
+    )
+    assert gen.rebase_links(text) == (
+        "[lesson](../notebooks/01_persistence.ipynb), [next](ex02_event_bus.ipynb#setup), "
+        "[docs](../docs/exercises.md), [web](https://docs.nats.io), [here](#done)"
+    )

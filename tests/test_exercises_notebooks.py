@@ -14,14 +14,14 @@ from buslib.exercises import questions
 from buslib.exercises.progress import progress, run_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
-LEARNER = sorted((ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
+LEARNER = sorted((ROOT / "exercises").glob("ex[0-9][0-9]_*.ipynb"))
 
 pytestmark = pytest.mark.slow
 
 
 def test_every_exercise_has_a_solution_and_a_learner_copy():
     names = [p.name for p in LEARNER]
-    assert [n[:2] for n in names] == ["00", "01", "02", "03", "04", "05"]
+    assert [n[2:4] for n in names] == ["00", "01", "02", "03", "04", "05"]
     assert all((ROOT / "exercises" / "solutions" / n).exists() for n in names)
 
 
@@ -29,7 +29,7 @@ def test_every_exercise_has_a_solution_and_a_learner_copy():
 def test_learner_copy_runs_top_to_bottom_and_every_question_is_not_attempted(notebook):
     outcomes, errors = run_notebook(notebook, timeout=60)
     assert errors == []
-    expected = [q.id for q in questions(notebook.name[:2])]
+    expected = [q.id for q in questions(notebook.name[2:4])]
     assert [o["question"] for o in outcomes] == expected
     assert {o["status"] for o in outcomes} == {"not attempted"}
 
@@ -37,7 +37,7 @@ def test_learner_copy_runs_top_to_bottom_and_every_question_is_not_attempted(not
 def test_progress_cli_on_the_solutions_reports_every_question_correct(capsys):
     assert cli(["progress", "--dir", str(ROOT / "exercises" / "solutions"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    expected = [(p.name, q.id) for p in LEARNER for q in questions(p.name[:2])]
+    expected = [(p.name, q.id) for p in LEARNER for q in questions(p.name[2:4])]
     assert [(r["notebook"], r["question"]) for r in rows] == expected
     assert [r for r in rows if r["status"] != "correct"] == []
 
@@ -45,12 +45,12 @@ def test_progress_cli_on_the_solutions_reports_every_question_correct(capsys):
 def test_progress_cli_table_for_a_learner_who_has_not_started(capsys):
     assert cli(["progress", "--dir", str(ROOT / "exercises"), "--only", "00_"]) == 0
     out = capsys.readouterr().out
-    assert "00_start_here.ipynb  q1        not attempted" in out and "0 of 2 questions correct." in out
+    assert "ex00_start_here.ipynb  q1        not attempted" in out and "0 of 2 questions correct." in out
 
 
 def test_progress_reports_a_wrong_answer_and_a_deleted_check(tmp_path):
     """A learner answer that stores a retry twice is 'incorrect' with the reason; a deleted check cell is 'not checked'."""
-    nb = nbformat.read(ROOT / "exercises" / "01_persistence.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "exercises" / "ex01_persistence.ipynb", as_version=4)
     for cell in nb.cells:
         if cell.source == "publish_order = ____  # your code here":
             cell.source = (
@@ -59,7 +59,7 @@ def test_progress_reports_a_wrong_answer_and_a_deleted_check(tmp_path):
         if cell.source == "orders = ____  # your code here":
             cell.source = "orders = await js.add_stream(name=ORDERS_STREAM, subjects=['ex01.orders.>'], storage='file')"
     nb.cells = [c for c in nb.cells if c.source != "q3.check()"]
-    nbformat.write(nb, tmp_path / "01_persistence.ipynb")
+    nbformat.write(nb, tmp_path / "ex01_persistence.ipynb")
     rows = {r.question: r for r in progress(tmp_path, timeout=60)}
     assert rows["q1"].status == "correct"
     assert rows["q2"].status == "incorrect" and "stored 2 messages" in rows["q2"].detail
@@ -68,11 +68,11 @@ def test_progress_reports_a_wrong_answer_and_a_deleted_check(tmp_path):
 
 def test_solution_in_strict_mode_fails_loudly_when_its_answer_is_wrong(tmp_path):
     """Under nbval a broken solution must fail: strict_mode() turns a red check into an error."""
-    nb = nbformat.read(ROOT / "exercises" / "solutions" / "01_persistence.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "exercises" / "solutions" / "ex01_persistence.ipynb", as_version=4)
     for cell in nb.cells:
         cell.source = cell.source.replace('headers={"Nats-Msg-Id": f"order-created-{order_id}"}', "headers=None")
-    nbformat.write(nb, tmp_path / "01_persistence.ipynb")
-    outcomes, errors = run_notebook(tmp_path / "01_persistence.ipynb", timeout=60)
+    nbformat.write(nb, tmp_path / "ex01_persistence.ipynb")
+    outcomes, errors = run_notebook(tmp_path / "ex01_persistence.ipynb", timeout=60)
     assert [o["status"] for o in outcomes] == ["correct", "incorrect", "correct"]
     assert len(errors) == 1 and errors[0].startswith("AssertionError: [q2] Incorrect")
 
@@ -81,4 +81,4 @@ def test_progress_explains_a_wrong_folder_or_filter(tmp_path, capsys):
     assert cli(["progress", "--dir", str(tmp_path / "nope")]) == 1
     assert "is not a folder. Give the folder that holds the exercise notebooks" in capsys.readouterr().err
     assert cli(["progress", "--dir", str(ROOT / "exercises"), "--only", "42"]) == 1
-    assert "No exercise notebooks (named like 01_persistence.ipynb)" in capsys.readouterr().err
+    assert "No exercise notebooks (named like ex01_persistence.ipynb)" in capsys.readouterr().err

@@ -1,329 +1,1366 @@
-"""Exercises 02-05 against the real server: the right answer passes, plausible wrong ones are
-rejected with a message that says what the server shows and what was expected."""
+"""Every exercise question against the real server: right answers pass, wrong ones get the feedback a learner sees.
+
+Each answer below is what a learner could write in the notebook: it runs after the exercise's
+own setup cell (read from the solution notebook), in a namespace like the notebook's, and the
+question is then checked against that namespace. For every question there are at least two
+different right answers (its solution, run from ``q.solution_text``, and another a learner
+would plausibly write) and at least two wrong ones, each with the words of the feedback the
+learner must see (``test_every_question_has_two_right_and_two_wrong_answers`` keeps it so).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import ast
+import inspect
+import textwrap
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import nbformat
 import pytest
 
-from buslib import EventBus, events, tracing
-from buslib.exercises.core import Status, wait_until
+from buslib import events
+from buslib.contracts import versions
+from buslib.exercises import EXERCISES, load, questions
+from buslib.exercises.core import Status
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "exercises" / "solutions"
+
+Learner = dict[str, Any]  # the notebook's global namespace
+MODULES = [load(exercise) for exercise in EXERCISES]  # their event classes register now, before any snapshot
+
+
+@dataclass(frozen=True)
+class Answer:
+    exercise: str
+    question: str
+    name: str
+    build: Callable[[Learner], Awaitable[None]]
+    feedback: tuple[str, ...]  # words the Incorrect message must contain; () for a right answer
+
+    @property
+    def right(self) -> bool:
+        return not self.feedback
+
+    def __str__(self) -> str:
+        return f"ex{self.exercise}-{self.question}-{'right' if self.right else 'wrong'}-{self.name}"
+
+
+ANSWERS: list[Answer] = []
+
+
+def right(exercise: str, question: str):
+    """Register a right answer: the check must say Correct."""
+
+    def register(build):
+        ANSWERS.append(Answer(exercise, question, build.__name__, build, ()))
+        return build
+
+    return register
+
+
+def wrong(exercise: str, question: str, *feedback: str):
+    """Register a wrong answer: the check must say Incorrect, with all these words."""
+    assert feedback, "a wrong answer names the feedback the learner must see"
+
+    def register(build):
+        ANSWERS.append(Answer(exercise, question, build.__name__, build, feedback))
+        return build
+
+    return register
+
+
+async def run(learner: Learner, code: str) -> None:
+    """Run ``code`` as a notebook cell would: top-level ``await`` allowed, globals = ``learner``."""
+    compiled = compile(textwrap.dedent(code), "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    result = eval(compiled, learner)
+    if inspect.iscoroutine(result):
+        await result
+
+
+async def solve(learner: Learner, exercise: str, question: str) -> None:
+    """Run the question's solution (the code of its solution notebook)."""
+    await run(learner, getattr(load(exercise), question).solution_text)
+
+
+def solution(exercise: str, question: str, *, after: tuple[str, ...] = (), given: str = "") -> None:
+    """Register the question's own solution as a right answer.
+
+    Args:
+        after: questions whose solutions run first (what the learner did before).
+        given: code that runs first instead, e.g. a quick version of the earlier questions.
+    """
+
+    async def build(learner: Learner) -> None:
+        if given:
+            await run(learner, given)
+        for earlier in after:
+            await solve(learner, exercise, earlier)
+        await solve(learner, exercise, question)
+
+    build.__name__ = "solution"
+    right(exercise, question)(build)
+
+
+def setup_cell(exercise: str) -> str:
+    """The exercise's setup cell: the first code cell of its solution notebook."""
+    (path,) = SOLUTIONS.glob(f"ex{exercise}_*.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    return next(cell.source for cell in notebook.cells if cell.cell_type == "code")
 
 
 @pytest.fixture
-async def bus(nats_url):
-    async with EventBus.connect(service="warehouse", url=nats_url) as b:
-        yield b
+async def learner_of():
+    """Start an exercise like a learner: run its setup cell; close what it opened afterwards."""
+    saved = [(table, dict(table)) for table in (events._REGISTRY, versions._UPCASTERS, versions._DOWNCASTERS)]
+    started: list[Learner] = []
+
+    async def start(exercise: str) -> Learner:
+        learner: Learner = {"__name__": "__main__", "_cleanup": []}
+        started.append(learner)
+        await run(learner, setup_cell(exercise))
+        return learner
+
+    yield start
+    for learner in started:
+        for cleanup in learner["_cleanup"]:
+            await cleanup()
+        for name in ("bus", "nc"):
+            if learner.get(name) is not None:
+                await learner[name].close()
+    for table, before in saved:  # classes and upcasters defined by answers are forgotten
+        table.clear()
+        table.update(before)
 
 
-@pytest.fixture
-def forget_event_classes():
-    """Event classes defined in a test register globally by (type, version): drop them afterwards."""
-    yield
-    for key, cls in list(events._REGISTRY.items()):
-        if cls.__module__ == __name__:
-            del events._REGISTRY[key]
+@pytest.mark.parametrize("answer", ANSWERS, ids=str)
+async def test_the_learner_sees_this_feedback(answer: Answer, learner_of):
+    learner = await learner_of(answer.exercise)
+    await answer.build(learner)
+    outcome = await getattr(load(answer.exercise), answer.question).outcome_async(learner)
+    if answer.right:
+        assert (outcome.status, outcome.message) == (Status.CORRECT, "Well done."), outcome
+    else:
+        assert outcome.status is Status.INCORRECT, outcome
+        missing = [words for words in answer.feedback if words not in outcome.message]
+        assert not missing, f"{missing} not in the feedback: {outcome.message}"
 
 
-def _incorrect(outcome, text):
-    assert outcome.status is Status.INCORRECT, outcome
-    assert text in outcome.message, outcome.message
+def test_every_question_has_two_right_and_two_wrong_answers():
+    for exercise in EXERCISES:
+        for question in questions(exercise):
+            mine = [a for a in ANSWERS if (a.exercise, a.question) == (exercise, question.id)]
+            rights = [a.name for a in mine if a.right]
+            assert "solution" in rights, f"ex{exercise} {question.id}: its solution is not among the right answers"
+            assert len(set(rights)) >= 2, f"ex{exercise} {question.id}: right answers {rights}"
+            assert len([a for a in mine if not a.right]) >= 2, f"ex{exercise} {question.id}: fewer than 2 wrong answers"
 
 
-# -- 02 ------------------------------------------------------------------------------------
-async def test_ex02_contract_rejects_a_wrong_type_name_and_a_wrong_field_type(forget_event_classes):
-    from buslib import Event
-    from buslib.exercises import ex02
-
-    class ShipmentDispatched(Event, type="ex02.shipment.dispatched", version=1):
-        shipment_id: str
-        weight_kg: float
-
-    _incorrect(
-        await ex02.q1.outcome_async({"ShipmentDispatched": ShipmentDispatched}),
-        "declares type 'ex02.shipment.dispatched' version 1 (subject ex02.shipment.dispatched.v1); expected type "
-        "'ex02.shipments.dispatched'",
-    )
-    events._REGISTRY.pop(("ex02.shipment.dispatched", 1))
-
-    class ShipmentDispatched(Event, type="ex02.shipments.dispatched", version=1):  # noqa: F811
-        shipment_id: str
-        weight_kg: int
-
-    _incorrect(
-        await ex02.q1.outcome_async({"ShipmentDispatched": ShipmentDispatched}),
-        "ShipmentDispatched.weight_kg is declared as int; expected float.",
-    )
-    _incorrect(await ex02.q1.outcome_async({"ShipmentDispatched": dict}), "must be a class that extends buslib.Event")
+# == 00 ======================================================================================
+solution("00", "q1")
 
 
-async def test_ex02_publish_and_trace_accept_the_bus_and_reject_raw_and_new_traces(js, bus, forget_event_classes):
-    from buslib import Event
-    from buslib.exercises import ex02
-
-    class ShipmentDispatched(Event, type="ex02.shipments.dispatched", version=1):
-        shipment_id: str
-        weight_kg: float
-
-    await ex02.reset(js)
-    assert (await ex02.q1.outcome_async({"ShipmentDispatched": ShipmentDispatched})).correct
-    raw = await bus.publish(ShipmentDispatched(shipment_id="S-1", weight_kg=2.5))  # creates EX02
-    assert (await ex02.q2.outcome_async({"ack": raw})).correct
-    plain = await js.publish("ex02.shipments.dispatched.v1", b'{"shipment_id": "S-1", "weight_kg": 2.5}')
-    _incorrect(
-        await ex02.q2.outcome_async({"ack": plain}), "has header ce-type=None; expected 'ex02.shipments.dispatched'"
-    )
-    other = await bus.publish(ShipmentDispatched(shipment_id="S-9", weight_kg=2.5))
-    _incorrect(await ex02.q2.outcome_async({"ack": other}), "has shipment_id='S-9' in its JSON payload; expected 'S-1'")
-
-    _incorrect(await ex02.q3.outcome_async({"bill": object()}), "has no message on 'ex02.invoices.requested.v1'")
-    invoices = []
-
-    async def bill_raw(event, ctx):  # publishes around the bus: no traceparent
-        invoice = ex02.InvoiceRequested(shipment_id=event.shipment_id, amount=1.0)
-        invoices.append(await js.publish(invoice.subject(), invoice.to_json()))
-
-    sub = await bus.subscribe(ShipmentDispatched, group="billing", handler=bill_raw)
-    await wait_until(lambda: len(invoices) >= 2)
-    await sub.stop()
-    _incorrect(await ex02.q3.outcome_async({"bill": bill_raw}), "has no traceparent header")
-
-    await ex02.reset(js)
-    bus.streams.forget()
-    await bus.publish(ShipmentDispatched(shipment_id="S-1", weight_kg=2.5))
-    invoices.clear()
-
-    async def bill_new_trace(event, ctx):
-        with tracing.trace(None):  # starts a trace of its own
-            invoices.append(await bus.publish(ex02.InvoiceRequested(shipment_id=event.shipment_id, amount=1.0)))
-
-    sub = await bus.subscribe(ShipmentDispatched, group="billing", handler=bill_new_trace)
-    await wait_until(lambda: invoices)
-    await sub.stop()
-    _incorrect(await ex02.q3.outcome_async({"bill": bill_new_trace}), "Publish from inside the handler, in its trace")
-    await ex02.reset(js)
-
-
-# -- 03 ------------------------------------------------------------------------------------
-async def test_ex03_three_groups_instead_of_one_are_rejected_and_one_group_passes(js, bus):
-    from buslib.exercises import ex03
-
-    await ex03.reset(js)
-    bus.streams.forget()
-    handled = {"w1": [], "w2": [], "w3": []}
-
-    def packer(name):
-        async def handle(job, ctx):
-            handled[name].append(job.job_id)
-            await asyncio.sleep(0.01)
-
-        return handle
-
-    subs = [await bus.subscribe(ex03.PackingJob, group=f"packers-{name}", handler=packer(name)) for name in handled]
-    await bus.publish_many(ex03.PackingJob(job_id=n) for n in range(ex03.JOBS))
-    await wait_until(lambda: sum(map(len, handled.values())) >= 3 * ex03.JOBS, timeout=20)
-    for sub in subs:
-        await sub.stop()
-    _incorrect(
-        await ex03.q1.outcome_async({"handled": handled}),
-        "30 job(s) were handled more than once, e.g. job 0 by w1, w2, w3",
-    )
-    _incorrect(
-        await ex03.q1.outcome_async({"handled": {"w1": list(range(30)), "w2": [], "w3": []}}),
-        "Worker(s) w2, w3 handled no job",
-    )
-    _incorrect(
-        await ex03.q1.outcome_async({"handled": {"w1": list(range(30))}}), "handled has 1 worker(s) (w1); expected 3."
-    )
-    shared = {"w1": list(range(0, 30, 3)), "w2": list(range(1, 30, 3)), "w3": list(range(2, 30, 3))}
-    _incorrect(await ex03.q1.outcome_async({"handled": shared}), "There is no consumer for group 'packers'")
-
-    _incorrect(await ex03.q2.outcome_async({"audited": []}), "There is no consumer for group 'audit'")
-    audited_events = []
-
-    async def audit(job, ctx):
-        audited_events.append(job)
-
-    sub = await bus.subscribe(ex03.PackingJob, group="audit", handler=audit)
-    await wait_until(lambda: len(audited_events) >= ex03.JOBS, timeout=20)
-    await sub.stop()
-    _incorrect(await ex03.q2.outcome_async({"audited": audited_events}), "keep their ids (audited.append(job.job_id))")
-    _incorrect(await ex03.q2.outcome_async({"audited": list(range(20))}), "audited holds 20 job id(s), 20 distinct")
-
-
-async def test_ex03_non_idempotent_handlers_charge_twice_and_are_rejected(js, bus):
-    from buslib.exercises import ex03
-
-    await ex03.reset(js)
-    bus.streams.forget()
-    ledger = ex03.Ledger()
-
-    async def naive(event, ctx):
-        ledger.charge(event.payment_id, event.amount)
-
-    deliveries = await ex03.run_payments(bus, naive, ledger)
-    assert deliveries == {"P-1": 1, "P-2": 2, "P-3": 2}
-    _incorrect(
-        await ex03.q3.outcome_async({"charge": naive, "ledger": ledger}),
-        "Charged more than once: P-2 2 times, P-3 2 times",
+@right("00", "q1")
+async def the_parts_joined(learner):
+    await run(
+        learner,
+        """
+        v = nc.connected_server_version
+        server_version = ".".join(str(part) for part in (v.major, v.minor, v.patch))
+    """,
     )
 
-    seen = set()
 
-    async def by_event_id(event, ctx):  # catches the redelivery, not the client retry
-        if ctx.event_id not in seen:
-            seen.add(ctx.event_id)
+@right("00", "q1")
+async def from_the_servers_info(learner):
+    await run(learner, 'server_version = nc._server_info["version"]  # what the server sent on connect')
+
+
+@wrong("00", "q1", "server_version is '<nats server v", "expected just the version", "`major`, `minor` and `patch`")
+async def str_of_the_version_object(learner):
+    await run(learner, "server_version = str(nc.connected_server_version)")
+
+
+@wrong("00", "q1", "server_version is the object <nats server v", "not a string")
+async def the_version_object(learner):
+    await run(learner, "server_version = nc.connected_server_version")
+
+
+@wrong("00", "q1", "server_version is '1.0.0', but the server you are connected to is", "Ask the connection")
+async def a_typed_version(learner):
+    await run(learner, 'server_version = "1.0.0"')
+
+
+solution("00", "q2")
+
+
+@right("00", "q2")
+async def encoded_text_and_the_stream_named(learner):
+    await run(learner, 'ack = await js.publish(HELLO_SUBJECT, "hello".encode(), stream=HELLO_STREAM)')
+
+
+@wrong("00", "q2", "ack is a NoneType", "Keep what `await js.publish(...)` returns")
+async def a_core_publish(learner):
+    await run(learner, 'ack = await nc.publish("ex00.hello", b"hello")  # core NATS: no PubAck')
+
+
+@wrong("00", "q2", "holds b'Hello'; expected b'hello'")
+async def capital_hello(learner):
+    await run(learner, 'ack = await js.publish("ex00.hello", b"Hello")')
+
+
+@wrong("00", "q2", "stored in stream 'EX00_OTHER'; expected 'EX00_HELLO'", "publish to the subject 'ex00.hello'")
+async def another_stream(learner):
+    await run(
+        learner,
+        """
+        await js.add_stream(name="EX00_OTHER", subjects=["ex00.other"])
+        ack = await js.publish("ex00.other", b"hello")
+    """,
+    )
+    learner["_cleanup"].append(lambda: learner["js"].delete_stream("EX00_OTHER"))
+
+
+# == 01 ======================================================================================
+solution("01", "q1")
+
+
+@right("01", "q1")
+async def one_token_wildcard_in_a_config(learner):
+    await run(
+        learner,
+        """
+        from nats.js.api import StorageType, StreamConfig
+
+        orders = await js.add_stream(StreamConfig(name="EX01_ORDERS", subjects=["ex01.orders.*"], storage=StorageType.FILE))
+    """,
+    )
+
+
+@wrong("01", "q1", "which does not cover 'ex01.orders.future", "(e.g. a wildcard)")
+async def the_two_subjects_listed(learner):
+    await run(
+        learner,
+        """
+        orders = await js.add_stream(name=ORDERS_STREAM, subjects=["ex01.orders.created", "ex01.orders.paid"],
+                                     storage="file")
+    """,
+    )
+
+
+@wrong("01", "q1", "'ex01.>' also matches 'ex01.recent.1'", "Narrow the subject filter")
+async def every_subject_of_the_exercise(learner):
+    await run(learner, 'orders = await js.add_stream(name=ORDERS_STREAM, subjects=["ex01.>"], storage="file")')
+
+
+@wrong("01", "q1", "uses storage='memory'; expected 'file'")
+async def memory_storage(learner):
+    await run(learner, 'orders = await js.add_stream(name=ORDERS_STREAM, subjects=["ex01.orders.>"], storage="memory")')
+
+
+@wrong("01", "q1", "orders is a str", "Keep what `await js.add_stream(...)` returns")
+async def the_name_kept_instead_of_the_info(learner):
+    await run(
+        learner,
+        """
+        await js.add_stream(name=ORDERS_STREAM, subjects=["ex01.orders.>"], storage="file")
+        orders = ORDERS_STREAM
+    """,
+    )
+
+
+solution("01", "q2", after=("q1",))
+
+
+@right("01", "q2")
+async def the_order_id_as_message_id(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        async def publish_order(js, order_id, data):
+            return await js.publish("ex01.orders.created", data, headers={"Nats-Msg-Id": str(order_id)})
+    """,
+    )
+
+
+@right("01", "q2")
+async def acks_remembered_and_the_server_deduplicating(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        sent = {}
+
+        async def publish_order(js, order_id, data):
+            if order_id not in sent:  # a shortcut; the Nats-Msg-Id still guards retries from elsewhere
+                sent[order_id] = await js.publish("ex01.orders.created", data, headers={"Nats-Msg-Id": order_id})
+            return sent[order_id]
+    """,
+    )
+
+
+@wrong(
+    "01",
+    "q2",
+    "twice with the same key 'check-",
+    "stored 2 messages in EX01_ORDERS; expected 1",
+    "Give each publish a Nats-Msg-Id",
+)
+async def no_message_id(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        async def publish_order(js, order_id, data):
+            return await js.publish("ex01.orders.created", data)
+    """,
+    )
+
+
+@wrong("01", "q2", "has no Nats-Msg-Id header", "your function skipped it itself", "restarts")
+async def a_set_of_ids_in_memory(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        seen = set()
+
+        async def publish_order(js, order_id, data):
+            if order_id in seen:
+                return None
+            seen.add(order_id)
+            return await js.publish("ex01.orders.created", data)
+    """,
+    )
+
+
+@wrong("01", "q2", "stored 2 messages in EX01_ORDERS; expected 1")
+async def a_new_id_for_every_attempt(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        import uuid
+
+        async def publish_order(js, order_id, data):
+            return await js.publish("ex01.orders.created", data, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+    """,
+    )
+
+
+@wrong("01", "q2", "with two different keys", "stored only 1 message; expected 2")
+async def one_id_for_every_order(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        async def publish_order(js, order_id, data):
+            return await js.publish("ex01.orders.created", data, headers={"Nats-Msg-Id": "order"})
+    """,
+    )
+
+
+@wrong("01", "q2", "returned None; expected the PubAck")
+async def the_ack_not_returned(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        async def publish_order(js, order_id, data):
+            await js.publish("ex01.orders.created", data, headers={"Nats-Msg-Id": order_id})
+    """,
+    )
+
+
+@wrong("01", "q2", "publish_order must be an `async def` function")
+async def not_async(learner):
+    await solve(learner, "01", "q1")
+    await run(
+        learner,
+        """
+        def publish_order(js, order_id, data):
+            return js.publish("ex01.orders.created", data, headers={"Nats-Msg-Id": order_id})
+    """,
+    )
+
+
+solution("01", "q3")
+
+
+@right("01", "q3")
+async def discard_old_spelled_out_and_one_subject(learner):
+    await run(
+        learner,
+        """
+        from nats.js.api import DiscardPolicy, StreamConfig
+
+        config = StreamConfig(name=RECENT_STREAM, subjects=["ex01.recent.>"], max_msgs=5, discard=DiscardPolicy.OLD)
+        recent = await js.add_stream(config)
+        for n in range(8):
+            await js.publish("ex01.recent.x", str(n).encode())
+    """,
+    )
+
+
+@wrong("01", "q3", "oldest message in stream EX01_RECENT has sequence 1; expected 4")
+async def the_limit_never_reached(learner):
+    await run(
+        learner,
+        """
+        recent = await js.add_stream(name=RECENT_STREAM, subjects=["ex01.recent.>"], max_msgs=5)
+        for n in range(5):
+            await js.publish(f"ex01.recent.{n}", b"x")
+    """,
+    )
+
+
+@wrong("01", "q3", "Stream EX01_RECENT has max_msgs=-1; expected max_msgs=5")
+async def a_limit_per_subject(learner):
+    await run(
+        learner,
+        """
+        recent = await js.add_stream(name=RECENT_STREAM, subjects=["ex01.recent.>"], max_msgs_per_subject=5)
+        for n in range(8):
+            await js.publish("ex01.recent.x", b"x")
+    """,
+    )
+
+
+@wrong("01", "q3", "Stream EX01_RECENT has max_msgs=8; expected max_msgs=5")
+async def a_limit_of_eight(learner):
+    await run(
+        learner,
+        """
+        recent = await js.add_stream(name=RECENT_STREAM, subjects=["ex01.recent.>"], max_msgs=8)
+        for n in range(8):
+            await js.publish(f"ex01.recent.{n}", b"x")
+    """,
+    )
+
+
+# == 02 ======================================================================================
+solution("02", "q1")
+
+
+@right("02", "q1")
+async def validated_fields_in_another_order(learner):
+    await run(
+        learner,
+        '''
+        from pydantic import Field
+
+        class ShipmentDispatched(Event, type="ex02.shipments.dispatched", version=1):
+            """A parcel left the warehouse."""
+
+            weight_kg: float = Field(gt=0)
+            shipment_id: str = Field(min_length=1)
+    ''',
+    )
+
+
+@wrong("02", "q1", "declares type 'ex02.shipment.dispatched' version 1", "expected type 'ex02.shipments.dispatched'")
+async def singular_type_name(learner):
+    await run(
+        learner,
+        """
+        class ShipmentDispatched(Event, type="ex02.shipment.dispatched", version=1):
+            shipment_id: str
+            weight_kg: float
+    """,
+    )
+
+
+@wrong("02", "q1", "ShipmentDispatched.weight_kg is declared as int; expected float.")
+async def weight_as_int(learner):
+    await run(
+        learner,
+        """
+        class ShipmentDispatched(Event, type="ex02.shipments.dispatched", version=1):
+            shipment_id: str
+            weight_kg: int
+    """,
+    )
+
+
+@wrong("02", "q1", "ShipmentDispatched must be a class that extends buslib.Event")
+async def a_plain_dict(learner):
+    await run(learner, 'ShipmentDispatched = {"shipment_id": "S-1", "weight_kg": 2.5}')
+
+
+solution("02", "q2", after=("q1",))
+
+
+@right("02", "q2")
+async def publish_many_with_one_event(learner):
+    await solve(learner, "02", "q1")
+    await run(
+        learner,
+        """
+        event = ShipmentDispatched(shipment_id="S-1", weight_kg=5 / 2)
+        (ack,) = await bus.publish_many([event])
+    """,
+    )
+
+
+@wrong("02", "q2", "has header ce-source='shipping'; expected 'warehouse'")
+async def another_service_bus(learner):
+    await solve(learner, "02", "q1")
+    await run(
+        learner,
+        """
+        shipping_bus = await EventBus.connect(service="shipping")
+        ack = await shipping_bus.publish(ShipmentDispatched(shipment_id="S-1", weight_kg=2.5))
+        await shipping_bus.close()
+    """,
+    )
+
+
+@wrong("02", "q2", "has shipment_id='S-9' in its JSON payload; expected 'S-1'")
+async def another_shipment(learner):
+    await solve(learner, "02", "q1")
+    await run(learner, 'ack = await bus.publish(ShipmentDispatched(shipment_id="S-9", weight_kg=2.5))')
+
+
+@wrong("02", "q2", "has header ce-type=None; expected 'ex02.shipments.dispatched'")
+async def a_raw_jetstream_publish(learner):
+    await solve(learner, "02", "q1")
+    await run(
+        learner,
+        """
+        await bus.ensure_stream(ShipmentDispatched)
+        ack = await js.publish("ex02.shipments.dispatched.v1", b'{"shipment_id": "S-1", "weight_kg": 2.5}')
+    """,
+    )
+
+
+solution("02", "q3", after=("q1", "q2"))
+
+
+@right("02", "q3")
+async def waiting_on_the_subscription_stats(learner):
+    await solve(learner, "02", "q1")
+    await solve(learner, "02", "q2")
+    await run(
+        learner,
+        """
+        async def bill(event, ctx):
+            await bus.publish(InvoiceRequested(shipment_id=event.shipment_id, amount=10.0))
+
+        billing = await bus.subscribe(ShipmentDispatched, group="billing", handler=bill)
+        await bus.publish(ShipmentDispatched(shipment_id="S-2", weight_kg=1.5))
+        await wait_until(lambda: billing.stats.acked >= 2, what="both shipments billed")
+        await billing.stop()
+    """,
+    )
+
+
+@wrong("02", "q3", "has no traceparent header, so its trace is lost")
+async def a_raw_publish_in_the_handler(learner):
+    await solve(learner, "02", "q1")
+    await solve(learner, "02", "q2")
+    await run(
+        learner,
+        """
+        async def bill(event, ctx):
+            invoice = InvoiceRequested(shipment_id=event.shipment_id, amount=1.0)
+            await js.publish(invoice.subject(), invoice.to_json())
+
+        billing = await bus.subscribe(ShipmentDispatched, group="billing", handler=bill)
+        await bus.publish(ShipmentDispatched(shipment_id="S-2", weight_kg=1.5))
+        await wait_until(lambda: billing.stats.acked >= 2)
+        await billing.stop()
+    """,
+    )
+
+
+@wrong("02", "q3", "is in trace", "Publish from inside the handler, in its trace, without starting a new one")
+async def a_new_trace_in_the_handler(learner):
+    await solve(learner, "02", "q1")
+    await solve(learner, "02", "q2")
+    await run(
+        learner,
+        """
+        from buslib import tracing
+
+        async def bill(event, ctx):
+            with tracing.trace(None):  # starts a trace of its own
+                await bus.publish(InvoiceRequested(shipment_id=event.shipment_id, amount=1.0))
+
+        billing = await bus.subscribe(ShipmentDispatched, group="billing", handler=bill)
+        await bus.publish(ShipmentDispatched(shipment_id="S-2", weight_kg=1.5))
+        await wait_until(lambda: billing.stats.acked >= 2)
+        await billing.stop()
+    """,
+    )
+
+
+@wrong("02", "q3", "answers shipment_id S-2 yet", "Wait until every one is answered")
+async def stopped_before_the_second_shipment(learner):
+    await solve(learner, "02", "q1")
+    await solve(learner, "02", "q2")
+    await run(
+        learner,
+        """
+        async def bill(event, ctx):
+            await bus.publish(InvoiceRequested(shipment_id=event.shipment_id, amount=1.0))
+
+        billing = await bus.subscribe(ShipmentDispatched, group="billing", handler=bill)
+        await wait_until(lambda: billing.stats.acked >= 1)
+        await billing.stop()
+        await bus.publish(ShipmentDispatched(shipment_id="S-2", weight_kg=1.5))  # nobody bills it
+    """,
+    )
+
+
+@wrong("02", "q3", "Stream EX02 has no message on 'ex02.invoices.requested.v1'", "did the handler run")
+async def never_subscribed(learner):
+    await solve(learner, "02", "q1")
+    await solve(learner, "02", "q2")
+    await run(
+        learner,
+        """
+        async def bill(event, ctx):
+            await bus.publish(InvoiceRequested(shipment_id=event.shipment_id, amount=1.0))
+    """,
+    )
+
+
+# == 03 ======================================================================================
+solution("03", "q1")
+
+
+@right("03", "q1")
+async def three_connections_in_one_group(learner):
+    await run(
+        learner,
+        """
+        handled = {"w1": [], "w2": [], "w3": []}
+        workers = {name: await EventBus.connect(service=f"packing-{name}") for name in handled}
+
+        def packer(name):
+            async def handle(job, ctx):
+                handled[name].append(job.job_id)
+                await asyncio.sleep(0.01)
+            return handle
+
+        subs = [await workers[name].subscribe(PackingJob, group="packing", handler=packer(name)) for name in handled]
+        await bus.publish_many(PackingJob(job_id=n) for n in range(JOBS))
+        await wait_until(lambda: sum(map(len, handled.values())) >= JOBS)
+        for sub in subs:
+            await sub.stop()
+        for worker in workers.values():
+            await worker.close()
+    """,
+    )
+
+
+@wrong("03", "q1", "30 job(s) were handled more than once, e.g. job 0 by w1, w2, w3", "give all workers the same group")
+async def a_group_per_worker(learner):
+    await run(
+        learner,
+        """
+        handled = {"w1": [], "w2": [], "w3": []}
+
+        def packer(name):
+            async def handle(job, ctx):
+                handled[name].append(job.job_id)
+            return handle
+
+        subs = [await bus.subscribe(PackingJob, group=f"packer-{name}", handler=packer(name)) for name in handled]
+        await bus.publish_many(PackingJob(job_id=n) for n in range(JOBS))
+        await wait_until(lambda: sum(map(len, handled.values())) >= 3 * JOBS)
+        for sub in subs:
+            await sub.stop()
+    """,
+    )
+
+
+@wrong("03", "q1", "There is no stream named 'EX03' on the server")
+async def handled_written_by_hand(learner):
+    await run(
+        learner, 'handled = {"w1": list(range(0, 30, 3)), "w2": list(range(1, 30, 3)), "w3": list(range(2, 30, 3))}'
+    )
+
+
+@wrong("03", "q1", "No group consumes ex03.packing.requested.v1 on the server", "bus.subscribe(PackingJob")
+async def jobs_published_and_handled_written_by_hand(learner):
+    await run(
+        learner,
+        """
+        await bus.publish_many(PackingJob(job_id=n) for n in range(JOBS))
+        handled = {"w1": list(range(0, 30, 3)), "w2": list(range(1, 30, 3)), "w3": list(range(2, 30, 3))}
+    """,
+    )
+
+
+@wrong("03", "q1", "Worker(s) w2, w3 handled no job: one worker took everything")
+async def the_others_started_too_late(learner):
+    await run(
+        learner,
+        """
+        handled = {"w1": [], "w2": [], "w3": []}
+
+        def packer(name):
+            async def handle(job, ctx):
+                handled[name].append(job.job_id)
+            return handle
+
+        first = await bus.subscribe(PackingJob, group="packers", handler=packer("w1"))
+        await bus.publish_many(PackingJob(job_id=n) for n in range(JOBS))
+        await wait_until(lambda: len(handled["w1"]) >= JOBS)
+        late = [await bus.subscribe(PackingJob, group="packers", handler=packer(name)) for name in ("w2", "w3")]
+        for sub in [first, *late]:
+            await sub.stop()
+    """,
+    )
+
+
+@wrong("03", "q1", "2 groups consume ex03.packing.requested.v1: packers, pakcers", "run the setup cell again")
+async def a_group_left_from_an_earlier_try(learner):
+    await run(
+        learner,
+        """
+        async def pack(job, ctx):
+            pass
+
+        typo = await bus.subscribe(PackingJob, group="pakcers", handler=pack)
+        await typo.stop()  # fixed the typo and ran the cell again, but the first group stays on the server
+    """,
+    )
+    await solve(learner, "03", "q1")
+
+
+solution("03", "q2", after=("q1",))
+
+
+@right("03", "q2")
+async def a_set_sorted_into_a_list(learner):
+    await solve(learner, "03", "q1")
+    await run(
+        learner,
+        """
+        seen = set()
+
+        async def audit(job, ctx):
+            seen.add(job.job_id)
+
+        auditor = await bus.subscribe(PackingJob, group="audit", handler=audit)
+        await wait_until(lambda: auditor.stats.acked >= JOBS)
+        await auditor.stop()
+        audited = sorted(seen)
+    """,
+    )
+
+
+@wrong("03", "q2", "audited holds events; keep their ids (audited.append(job.job_id))")
+async def the_events_kept(learner):
+    await solve(learner, "03", "q1")
+    await run(
+        learner,
+        """
+        audited = []
+
+        async def audit(job, ctx):
+            audited.append(job)
+
+        auditor = await bus.subscribe(PackingJob, group="audit", handler=audit)
+        await wait_until(lambda: len(audited) >= JOBS)
+        await auditor.stop()
+    """,
+    )
+
+
+@wrong("03", "q2", "There is no consumer for group 'audit'", "Subscribe with group='audit'")
+async def audit_joined_the_packers(learner):
+    await solve(learner, "03", "q1")
+    await run(
+        learner,
+        """
+        audited = []
+
+        async def audit(job, ctx):
+            audited.append(job.job_id)
+
+        auditor = await bus.subscribe(PackingJob, group="packers", handler=audit)  # shares, sees nothing new
+        await auditor.stop()
+    """,
+    )
+
+
+@wrong("03", "q2", "audited is a set", "expected a list")
+async def a_set_kept(learner):
+    await solve(learner, "03", "q1")
+    await run(
+        learner,
+        """
+        audited = set()
+
+        async def audit(job, ctx):
+            audited.add(job.job_id)
+
+        auditor = await bus.subscribe(PackingJob, group="audit", handler=audit)
+        await wait_until(lambda: len(audited) >= JOBS)
+        await auditor.stop()
+    """,
+    )
+
+
+solution("03", "q3")
+
+
+@right("03", "q3")
+async def the_ledger_is_asked(learner):
+    await run(
+        learner,
+        """
+        async def charge(event, ctx):
+            if all(payment_id != event.payment_id for payment_id, _ in ledger.lines):
+                ledger.charge(event.payment_id, event.amount)
+
+        deliveries = await run_payments(bus, charge, ledger)
+    """,
+    )
+
+
+@wrong("03", "q3", "Charged more than once: P-2 2 times, P-3 2 times")
+async def naive(learner):
+    await run(
+        learner,
+        """
+        async def charge(event, ctx):
             ledger.charge(event.payment_id, event.amount)
 
-    await ex03.run_payments(bus, by_event_id, ledger)
-    _incorrect(
-        await ex03.q3.outcome_async({"charge": by_event_id, "ledger": ledger}),
-        "Charged more than once: P-2 2 times. P-2 came as two events",
+        deliveries = await run_payments(bus, charge, ledger)
+    """,
+    )
+    assert learner["deliveries"] == {"P-1": 1, "P-2": 2, "P-3": 2}
+
+
+@wrong(
+    "03",
+    "q3",
+    "Charged more than once: P-2 2 times. P-2 came as two events with different event ids",
+    "Key on the payment, event.payment_id",
+)
+async def keyed_on_the_event_id(learner):
+    await run(
+        learner,
+        """
+        charged = set()
+
+        async def charge(event, ctx):
+            if ctx.event_id not in charged:  # catches the redelivery of P-3, not the client's retry of P-2
+                charged.add(ctx.event_id)
+                ledger.charge(event.payment_id, event.amount)
+
+        deliveries = await run_payments(bus, charge, ledger)
+    """,
     )
 
-    charged = set()
 
-    async def idempotent(event, ctx):
-        if event.payment_id not in charged:
-            charged.add(event.payment_id)
-            ledger.charge(event.payment_id, event.amount)
-
-    await ex03.run_payments(bus, idempotent, ledger)
-    assert (await ex03.q3.outcome_async({"charge": idempotent, "ledger": ledger})).correct
-    _incorrect(await ex03.q3.outcome_async({"charge": idempotent, "ledger": ex03.Ledger()}), "The ledger is empty")
-    await ex03.reset(js)
+@wrong("03", "q3", "The ledger is empty", "create it empty in the same cell")
+async def a_set_left_from_the_previous_run(learner):
+    await solve(learner, "03", "q3")
+    await run(learner, "deliveries = await run_payments(bus, charge, ledger)  # ran again: `charged` still full")
 
 
-# -- 04 ------------------------------------------------------------------------------------
-async def test_ex04_wrong_policies_and_a_retried_rejection_are_rejected(js, bus):
-    from buslib.dlq import DeadLetterQueue
-    from buslib.exercises import ex04
-    from buslib.retry import Retry
-
-    await ex04.reset(js)
-    bus.streams.forget()
-    shipping = ex04.Shipping()
-    _incorrect(
-        await ex04.q1.outcome_async({"policy": Retry(max_deliver=3), "shipping": shipping}),
-        "policy waits [0.5, 2.0] s before the retries; expected 1 s each.",
-    )
-    _incorrect(
-        await ex04.q1.outcome_async({"policy": Retry(max_deliver=4, delays=[1]), "shipping": shipping}),
-        "policy allows 4 deliveries; expected 3",
-    )
-    policy = Retry(max_deliver=3, delays=[1.0], jitter=0)
-    _incorrect(await ex04.q1.outcome_async({"policy": policy, "shipping": shipping}), "There is no stream named 'EX04'")
-
-    # A handler that raises ValueError instead of Reject: retried, then dead-lettered as exhausted.
-    dlq = await DeadLetterQueue(bus, stream=ex04.DLQ_STREAM, watch=[ex04.STREAM]).setup()
-    fast = Retry(max_deliver=2, delays=[0.1], jitter=0)
+# == 04 ======================================================================================
+FAST_FAILURES = """
+    # What questions 1 and 2 leave behind, quickly: poison exhausted, negative rejected,
+    # ok, flaky and valid shipped.
+    policy = Retry(max_deliver=3, delays=[0.05], jitter=0)
+    sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=shipping.handler(), retry=policy, dead_letters=dlq)
+    for order in new_orders():
+        await bus.publish(order)
+    await wait_until(lambda: in_dead_letters(dlq, "poison"))
+    await sub.stop()
 
     async def ship_checked(order, ctx):
-        raise ValueError("amount must be positive")
+        if order.amount <= 0:
+            raise Reject("amount must be positive")
+        await shipping.handler()(order, ctx)
 
-    sub = await bus.subscribe(
-        ex04.OrderPlaced, group="shipping-test", handler=ship_checked, retry=fast, dead_letters=dlq
-    )
-    await bus.publish(ex04.OrderPlaced(order_id="negative", amount=-5.0))
-    await wait_until(lambda: ex04.in_dead_letters(dlq, "negative"))
+    sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=ship_checked, retry=policy, dead_letters=dlq)
+    await bus.publish(OrderPlaced(order_id="negative", amount=-5.0))
+    await bus.publish(OrderPlaced(order_id="valid", amount=5.0))
+    await wait_until(lambda: in_dead_letters(dlq, "negative"))
+    await wait_until(lambda: "valid" in shipping.shipped)
     await sub.stop()
-    _incorrect(
-        await ex04.q2.outcome_async({"ship_checked": ship_checked}),
-        "Order 'negative' was dead-lettered as 'exhausted' after 2 deliveries; expected 'rejected' after 1.",
-    )
-    _incorrect(
-        await ex04.q3.outcome_async({"replayed": await dlq.replay(ids=[]), "shipping": shipping}),
-        "Order 'poison' was not shipped after the replay",
-    )
-    shipping.shipped += ["ok", "flaky", "poison"]
-    await dlq.purge(everything=True)
-    _incorrect(
-        await ex04.q3.outcome_async({"replayed": await dlq.replay(ids=[]), "shipping": shipping}),
-        "No dead letter for order 'negative' in EX04_DLQ (it holds [])",
-    )
-    await ex04.reset(js)
+"""
+
+solution("04", "q1")
 
 
-async def test_ex04_retries_spaced_rejects_retries_without_a_delay():
-    from buslib.exercises.core import Context, Fail
-    from buslib.exercises.ex04 import RetriesSpaced, Shipping
-
-    storm = Shipping(deliveries=[("poison", 1, 10.0), ("poison", 2, 10.003), ("poison", 3, 10.006)])
-    with pytest.raises(Fail, match=r"came \[0.0, 0.0\] s apart; expected about 1 s each"):
-        await RetriesSpaced(storm, "poison", tries=3, min_gap=0.8).verify(Context())
-    spaced = Shipping(deliveries=[("poison", 1, 10.0), ("poison", 2, 11.0), ("poison", 3, 12.01)])
-    await RetriesSpaced(spaced, "poison", tries=3, min_gap=0.8).verify(Context())
-    with pytest.raises(Fail, match=r"delivered 3 time\(s\); expected 4"):
-        await RetriesSpaced(spaced, "poison", tries=4, min_gap=0.8).verify(Context())
-
-
-# -- 05 ------------------------------------------------------------------------------------
-async def test_ex05_a_required_new_field_fails_backward_and_a_default_passes(forget_event_classes):
-    from buslib import Event
-    from buslib.exercises import ex05
-
-    class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):
-        customer_id: str
-        email: str
-        marketing_opt_in: bool
-
-    _incorrect(await ex05.q1.outcome_async({"CustomerRegisteredV2": CustomerRegisteredV2}), "required-field-added")
-    events._REGISTRY.pop(("ex05.customers.registered", 2))
-
-    class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):  # noqa: F811
-        customer_id: str
-        email: str
-        marketing_opt_in: bool = False
-
-    assert (await ex05.q1.outcome_async({"CustomerRegisteredV2": CustomerRegisteredV2})).correct
-
-
-async def test_ex05_upcaster_and_registry(js, bus):
-    from pydantic import BaseModel
-
-    from buslib.contracts import versions
-    from buslib.contracts.registry import SchemaRegistry
-    from buslib.exercises import ex05
-
-    await ex05.reset(js)
-    bus.streams.forget()
-    await ex05.publish_product_history(bus)
-    key = ("ex05.products.added", 1)
-    _incorrect(
-        await ex05.q2.outcome_async({"product_v1_to_v2": lambda old: old}),
-        "No upcaster from ex05.products.added v1 to v2",
+@right("04", "q1")
+async def both_delays_given_as_whole_seconds(learner):
+    await run(
+        learner,
+        """
+        policy = Retry(max_deliver=3, delays=[1, 1], jitter=0.0)
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=shipping.handler(), retry=policy, dead_letters=dlq)
+        for order in new_orders():
+            await bus.publish(order)
+        await wait_until(lambda: in_dead_letters(dlq, "poison"), timeout=15)
+        await sub.stop()
+    """,
     )
 
-    def product_v1_to_v2(old):  # forgot the cents
-        return ex05.ProductAddedV2(sku=old.sku, price=old.price_cents, currency="EUR")
 
-    versions._UPCASTERS[key] = (ex05.ProductAddedV2, product_v1_to_v2)
-    try:
-        _incorrect(
-            await ex05.q2.outcome_async({"product_v1_to_v2": product_v1_to_v2}), "with price=1999.0; expected 19.99"
-        )
-        versions._UPCASTERS[key] = (
-            ex05.ProductAddedV2,
-            lambda old: {"sku": old.sku, "price": old.price_cents / 100, "currency": "EUR"},
-        )
-        assert (await ex05.q2.outcome_async({"product_v1_to_v2": product_v1_to_v2})).correct
-    finally:
-        versions._UPCASTERS.pop(key, None)
+@wrong("04", "q1", "policy waits [0.5, 2.0] s before the retries; expected 1 s each.")
+async def the_default_delays(learner):
+    await run(learner, "policy = Retry(max_deliver=3)")
 
-    _incorrect(await ex05.q3.outcome_async({"registry": object()}), "no schema registry bucket 'EX05_SCHEMAS'")
-    registry = await SchemaRegistry.open(js, bucket=ex05.REGISTRY_BUCKET)
-    await registry.register(ex05.CustomerRegisteredV1)
-    _incorrect(
-        await ex05.q3.outcome_async({"registry": registry}),
-        "holds 1 revision(s) of ex05.customers.registered.v1; expected 2",
+
+@wrong("04", "q1", "policy allows 4 deliveries; expected 3 (the first try and 2 retries).")
+async def three_retries_instead_of_three_deliveries(learner):
+    await run(learner, "policy = Retry(max_deliver=4, delays=[1.0], jitter=0)")
+
+
+@wrong("04", "q1", "policy has jitter=0.1", "the question asks for no jitter: jitter=0")
+async def the_default_jitter(learner):
+    await run(learner, "policy = Retry(max_deliver=3, delays=[1.0])")
+
+
+@wrong("04", "q1", "There is no stream named 'EX04' on the server")
+async def never_subscribed_or_published(learner):
+    await run(learner, "policy = Retry(max_deliver=3, delays=[1.0], jitter=0)")
+
+
+@wrong("04", "q1", "No dead letter for order 'poison' in EX04_DLQ (it holds [])", "dead_letters sink")
+async def no_dead_letter_sink(learner):
+    await run(
+        learner,
+        """
+        policy = Retry(max_deliver=3, delays=[1.0], jitter=0)
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=shipping.handler(), retry=policy)
+        for order in new_orders():
+            await bus.publish(order)
+        await wait_until(lambda: sub.stats.exhausted >= 1, timeout=15)
+        await sub.stop()
+    """,
     )
 
-    class WithPhone(BaseModel):
-        customer_id: str
-        email: str
-        phone: str | None = None
 
-    await registry.register(WithPhone.model_json_schema(), event_type="ex05.customers.registered", version=1)
-    assert (await ex05.q3.outcome_async({"registry": registry})).correct
-    await ex05.reset(js)
+solution("04", "q2", given="policy = Retry(max_deliver=3, delays=[1.0], jitter=0)  # question 1's")
+
+
+@right("04", "q2")
+async def rejected_below_zero_the_rest_returned(learner):
+    await run(
+        learner,
+        """
+        policy = Retry(max_deliver=3, delays=[1.0], jitter=0)
+
+        async def ship_checked(order, ctx):
+            if order.amount < 0:
+                raise Reject("a negative amount")
+            return await shipping.handler()(order, ctx)
+
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=ship_checked, retry=policy, dead_letters=dlq)
+        await bus.publish(OrderPlaced(order_id="negative", amount=-5.0))
+        await bus.publish(OrderPlaced(order_id="valid", amount=5.0))
+        await wait_until(lambda: in_dead_letters(dlq, "negative"))
+        await wait_until(lambda: "valid" in shipping.shipped)
+        await sub.stop()
+    """,
+    )
+
+
+@wrong("04", "q2", "Order 'negative' was dead-lettered as 'exhausted' after 3 deliveries; expected 'rejected' after 1.")
+async def a_value_error_is_retried(learner):
+    await run(
+        learner,
+        """
+        policy = Retry(max_deliver=3, delays=[1.0], jitter=0)
+
+        async def ship_checked(order, ctx):
+            if order.amount <= 0:
+                raise ValueError("amount must be positive")
+            await shipping.handler()(order, ctx)
+
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=ship_checked, retry=policy, dead_letters=dlq)
+        await bus.publish(OrderPlaced(order_id="negative", amount=-5.0))
+        await bus.publish(OrderPlaced(order_id="valid", amount=5.0))
+        await wait_until(lambda: in_dead_letters(dlq, "negative"), timeout=15)
+        await sub.stop()
+    """,
+    )
+
+
+@wrong("04", "q2", "Order 'valid' was not shipped", "hand every order with a positive amount to shipping.handler()")
+async def every_order_rejected(learner):
+    await run(
+        learner,
+        """
+        policy = Retry(max_deliver=3, delays=[1.0], jitter=0)
+
+        async def ship_checked(order, ctx):
+            raise Reject(f"amount must be positive, got {order.amount}")
+
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=ship_checked, retry=policy, dead_letters=dlq)
+        await bus.publish(OrderPlaced(order_id="negative", amount=-5.0))
+        await bus.publish(OrderPlaced(order_id="valid", amount=5.0))
+        await wait_until(lambda: in_dead_letters(dlq, "negative"))
+        await wait_until(lambda: in_dead_letters(dlq, "valid"))
+        await sub.stop()
+    """,
+    )
+
+
+@wrong("04", "q2", "Order 'valid' was not shipped (shipping.shipped is [])")
+async def the_good_orders_dropped(learner):
+    await run(
+        learner,
+        """
+        policy = Retry(max_deliver=3, delays=[1.0], jitter=0)
+
+        async def ship_checked(order, ctx):
+            if order.amount <= 0:
+                raise Reject("amount must be positive")
+            # forgot: await shipping.handler()(order, ctx)
+
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=ship_checked, retry=policy, dead_letters=dlq)
+        await bus.publish(OrderPlaced(order_id="negative", amount=-5.0))
+        await bus.publish(OrderPlaced(order_id="valid", amount=5.0))
+        await wait_until(lambda: in_dead_letters(dlq, "negative"))
+        await wait_until(lambda: sub.stats.acked >= 1)
+        await sub.stop()
+    """,
+    )
+
+
+solution("04", "q3", given=FAST_FAILURES)
+
+
+@right("04", "q3")
+async def replayed_first_by_reason_then_subscribed(learner):
+    await run(learner, FAST_FAILURES)
+    await run(
+        learner,
+        """
+        from buslib.dlq import DeadLetterFilter
+
+        replayed = await dlq.replay(DeadLetterFilter.parse(reason="coupon"))  # nobody consumes yet...
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=shipping.handler(fixed=True), retry=policy,
+                                  dead_letters=dlq)  # ...the group's durable consumer kept it
+        await wait_until(lambda: "poison" in shipping.shipped)
+        await sub.stop()
+    """,
+    )
+
+
+@wrong("04", "q3", "No dead letter for order 'negative' in EX04_DLQ")
+async def everything_replayed(learner):
+    await run(learner, FAST_FAILURES)
+    await run(
+        learner,
+        """
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=shipping.handler(fixed=True), retry=policy,
+                                  dead_letters=dlq)
+        replayed = await dlq.replay()
+        await wait_until(lambda: {"poison", "negative"} <= set(shipping.shipped))
+        await sub.stop()
+    """,
+    )
+
+
+@wrong("04", "q3", "Order 'poison' was not shipped after the replay", "before or after the replay")
+async def replayed_with_nobody_to_ship_it(learner):
+    await run(learner, FAST_FAILURES)
+    await run(
+        learner,
+        """
+        broken = [entry.id for entry in await dlq.list() if entry.kind == "exhausted"]
+        replayed = await dlq.replay(ids=broken)
+    """,
+    )
+
+
+@wrong("04", "q3", "Order 'poison' was not shipped after the replay", "shipping.handler(fixed=True)")
+async def replayed_to_the_unfixed_handler(learner):
+    await run(learner, FAST_FAILURES)
+    await run(
+        learner,
+        """
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=shipping.handler(), retry=policy, dead_letters=dlq)
+        broken = [entry.id for entry in await dlq.list() if entry.kind == "exhausted"]
+        replayed = await dlq.replay(ids=broken)
+        await wait_until(lambda: in_dead_letters(dlq, "poison"))  # failed again, dead-lettered again
+        await sub.stop()
+    """,
+    )
+
+
+@wrong("04", "q3", "replayed is a list", "Keep what `await dlq.replay(...)` returns")
+async def the_ids_kept_instead_of_the_result(learner):
+    await run(learner, FAST_FAILURES)
+    await run(
+        learner,
+        """
+        sub = await bus.subscribe(OrderPlaced, group=GROUP, handler=shipping.handler(fixed=True), retry=policy,
+                                  dead_letters=dlq)
+        replayed = [entry.id for entry in await dlq.list() if entry.kind == "exhausted"]
+        await dlq.replay(ids=replayed)
+        await wait_until(lambda: "poison" in shipping.shipped)
+        await sub.stop()
+    """,
+    )
+
+
+# == 05 ======================================================================================
+solution("05", "q1")
+
+
+@right("05", "q1")
+async def optional_with_none(learner):
+    await run(
+        learner,
+        """
+        class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):
+            customer_id: str
+            email: str
+            marketing_opt_in: bool | None = None  # unknown for customers registered with v1
+    """,
+    )
+
+
+@right("05", "q1")
+async def extends_v1(learner):
+    await run(
+        learner,
+        """
+        from pydantic import Field
+
+        class CustomerRegisteredV2(CustomerRegisteredV1, type="ex05.customers.registered", version=2):
+            marketing_opt_in: bool = Field(default=False, description="agreed to receive marketing mail")
+    """,
+    )
+
+
+@wrong("05", "q1", "CustomerRegisteredV2 fails the BACKWARD check against CustomerRegisteredV1", "required-field-added")
+async def the_new_field_required(learner):
+    await run(
+        learner,
+        """
+        class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):
+            customer_id: str
+            email: str
+            marketing_opt_in: bool
+    """,
+    )
+
+
+@wrong("05", "q1", "CustomerRegisteredV2.marketing_opt_in is declared as str; expected bool.")
+async def a_yes_no_string(learner):
+    await run(
+        learner,
+        """
+        class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):
+            customer_id: str
+            email: str
+            marketing_opt_in: str = "no"
+    """,
+    )
+
+
+@wrong("05", "q1", "CustomerRegisteredV2 has no field 'marketing_opt_in'; expected marketing_opt_in: bool.")
+async def another_field_name(learner):
+    await run(
+        learner,
+        """
+        class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):
+            customer_id: str
+            email: str
+            opt_in: bool = False
+    """,
+    )
+
+
+solution("05", "q2")
+
+
+@right("05", "q2")
+async def a_dict_with_rounded_prices(learner):
+    await run(
+        learner,
+        """
+        @upcaster(ProductAddedV1, to=ProductAddedV2)
+        def product_v1_to_v2(old):
+            return {"sku": old.sku, "price": round(old.price_cents * 0.01, 2), "currency": "EUR"}
+    """,
+    )
+
+
+@wrong("05", "q2", "became ProductAddedV2 with price=1999.0; expected 19.99")
+async def the_cents_kept(learner):
+    await run(
+        learner,
+        """
+        @upcaster(ProductAddedV1, to=ProductAddedV2)
+        def product_v1_to_v2(old):
+            return ProductAddedV2(sku=old.sku, price=old.price_cents, currency="EUR")
+    """,
+    )
+
+
+@wrong(
+    "05", "q2", "Reading stored message 1 (LAMP-1) as ProductAddedV2 failed", "No upcaster from ex05.products.added v1"
+)
+async def not_registered_as_an_upcaster(learner):
+    await run(
+        learner,
+        """
+        def product_v1_to_v2(old):  # the @upcaster decorator is missing
+            return ProductAddedV2(sku=old.sku, price=old.price_cents / 100, currency="EUR")
+    """,
+    )
+
+
+@wrong("05", "q2", "with currency='USD'; expected 'EUR'")
+async def dollars(learner):
+    await run(
+        learner,
+        """
+        @upcaster(ProductAddedV1, to=ProductAddedV2)
+        def product_v1_to_v2(old):
+            return ProductAddedV2(sku=old.sku, price=old.price_cents / 100, currency="USD")
+    """,
+    )
+
+
+solution("05", "q3")
+
+
+@right("05", "q3")
+async def revision_one_copied_from_the_registry(learner):
+    await run(
+        learner,
+        """
+        import copy
+
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        first = await registry.register(CustomerRegisteredV1)
+        schema = copy.deepcopy(first.schema)
+        schema["properties"]["phone"] = {"type": "string", "description": "where to call the customer"}
+        second = await registry.register(schema)
+    """,
+    )
+
+
+@right("05", "q3")
+async def a_nullable_phone_in_a_copy(learner):
+    await run(
+        learner,
+        """
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        first = await registry.register(CustomerRegisteredV1)
+        schema = json_schema(CustomerRegisteredV1)
+        schema = {**schema, "properties": {**schema["properties"], "phone": {"type": ["string", "null"], "default": None}}}
+        second = await registry.register(schema)
+    """,
+    )
+
+
+@wrong("05", "q3", "The registry holds 1 revision(s) of ex05.customers.registered.v1; expected 2")
+async def only_revision_one(learner):
+    await run(
+        learner,
+        """
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        await registry.register(CustomerRegisteredV1)
+    """,
+    )
+
+
+@wrong("05", "q3", "The registry holds 1 revision(s) of ex05.customers.registered.v1; expected 2")
+async def a_required_phone_refused(learner):
+    await run(
+        learner,
+        """
+        from buslib.contracts import IncompatibleContractError
+
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        await registry.register(CustomerRegisteredV1)
+        with_phone = json_schema(CustomerRegisteredV1)
+        with_phone["properties"]["phone"] = {"type": "string"}
+        with_phone["required"].append("phone")
+        try:
+            await registry.register(with_phone)
+        except IncompatibleContractError as refused:  # the learner's cell shows this error
+            print(refused)
+    """,
+    )
+
+
+@wrong("05", "q3", "declares 'phone' as {'type': 'integer'}; expected a string")
+async def a_phone_number_as_a_number(learner):
+    await run(
+        learner,
+        """
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        await registry.register(CustomerRegisteredV1)
+        with_phone = json_schema(CustomerRegisteredV1)
+        with_phone["properties"]["phone"] = {"type": "integer"}
+        revision = await registry.register(with_phone)
+    """,
+    )
+
+
+@wrong(
+    "05",
+    "q3",
+    "Revision 2 of ex05.customers.registered.v1 drops ['customer_id', 'email', 'id', 'occurred_at',",
+    "Start from revision 1's schema, json_schema(CustomerRegisteredV1)",
+)
+async def only_the_new_field(learner):
+    await run(
+        learner,
+        """
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        await registry.register(CustomerRegisteredV1)
+        revision = await registry.register({"type": "object", "properties": {"phone": {"type": "string"}}},
+                                           event_type="ex05.customers.registered", version=1)
+    """,
+    )
+
+
+@wrong(
+    "05",
+    "q3",
+    "Revision 2 of ex05.customers.registered.v1 drops ['id', 'occurred_at', 'version']",
+    "json_schema(CustomerRegisteredV1)",
+)
+async def a_pydantic_model_without_the_event_fields(learner):
+    await run(
+        learner,
+        """
+        class CustomerV1WithPhone(BaseModel):  # the v1 fields, but not the id, version and time every Event has
+            customer_id: str
+            email: str
+            phone: str | None = None
+
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        await registry.register(CustomerRegisteredV1)
+        revision = await registry.register(CustomerV1WithPhone.model_json_schema(),
+                                           event_type="ex05.customers.registered", version=1)
+    """,
+    )
+
+
+@wrong("05", "q3", "Revision 2 of ex05.customers.registered.v1 adds ['mobile', 'phone']; expected one new field")
+async def two_new_fields(learner):
+    await run(
+        learner,
+        """
+        registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
+        await registry.register(CustomerRegisteredV1)
+        with_phone = json_schema(CustomerRegisteredV1)
+        with_phone["properties"]["phone"] = {"type": "string"}
+        with_phone["properties"]["mobile"] = {"type": "string"}
+        revision = await registry.register(with_phone)
+    """,
+    )

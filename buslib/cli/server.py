@@ -9,7 +9,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from buslib.errors import ServerError
 from buslib.server import EmbeddedServer
+
+FLAGS_HINT = "(On the command line: --port 0 and --monitor-port 0 pick free ports, --store-dir another store.)"
 
 DEFAULT_PORT = 4222
 DEFAULT_MONITOR_PORT = 8222
@@ -34,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
     if monitor_port is None:  # a second server on other ports must not collide on the monitoring port
         monitor_port = DEFAULT_MONITOR_PORT if args.port == DEFAULT_PORT else 0
     server = EmbeddedServer(port=args.port, monitor_port=monitor_port, store_dir=args.store_dir)
-    server.start()
+    try:
+        server.start()
+    except ServerError as err:
+        print(f"error: {err}\n{FLAGS_HINT}", file=sys.stderr)
+        return 1
     print(f"nats-server {server.version} with JetStream is ready.")
     print(f"  URL:        {server.url}")
     print(f"  monitoring: {server.monitor_url}")

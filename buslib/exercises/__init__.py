@@ -15,7 +15,19 @@ from types import ModuleType
 
 from buslib.exercises.core import MIME_TYPE, Check, Fail, Outcome, Placeholder, Question, Status, ____, strict_mode
 
-__all__ = ["MIME_TYPE", "Check", "Fail", "Outcome", "Placeholder", "Question", "Status", "____", "load", "questions", "strict_mode"]
+__all__ = [
+    "MIME_TYPE",
+    "Check",
+    "Fail",
+    "Outcome",
+    "Placeholder",
+    "Question",
+    "Status",
+    "____",
+    "load",
+    "questions",
+    "strict_mode",
+]
 
 EXERCISES = ("00", "01", "02", "03", "04", "05")
 

@@ -81,6 +81,7 @@ class StreamHas(Check):
 
     Args:
         covers: concrete subjects the stream must capture (its subject filters match them).
+        avoids: concrete subjects the stream must not capture.
         storage: ``"file"`` or ``"memory"``.
         min_duplicate_window: the dedup window must be at least this many seconds.
         limits: other config fields that must equal a value, e.g. ``max_msgs=5``.
@@ -88,6 +89,7 @@ class StreamHas(Check):
 
     stream: str
     covers: Sequence[str] = ()
+    avoids: Sequence[str] = ()
     storage: str | None = None
     min_duplicate_window: float | None = None
     limits: Mapping[str, Any] = field(default_factory=dict)
@@ -97,11 +99,12 @@ class StreamHas(Check):
         stream: str,
         *,
         covers: Sequence[str] = (),
+        avoids: Sequence[str] = (),
         storage: str | None = None,
         min_duplicate_window: float | None = None,
         **limits: Any,
     ) -> None:
-        self.stream, self.covers, self.storage = stream, tuple(covers), storage
+        self.stream, self.covers, self.avoids, self.storage = stream, tuple(covers), tuple(avoids), storage
         self.min_duplicate_window, self.limits = min_duplicate_window, limits
 
     async def verify(self, ctx: Context) -> None:
@@ -112,6 +115,13 @@ class StreamHas(Check):
                 raise Fail(
                     f"Stream {self.stream} captures {filters}, which does not cover {subject!r}. "
                     f"Add a subject filter that matches it (e.g. a wildcard)."
+                )
+        for subject in self.avoids:
+            matching = [f for f in filters if subject_matches(f, subject)]
+            if matching:
+                raise Fail(
+                    f"Stream {self.stream} captures {filters}: {matching[0]!r} also matches {subject!r}, which "
+                    f"does not belong in this stream. Narrow the subject filter."
                 )
         if self.storage is not None and _plain(config.storage) != self.storage:
             raise Fail(f"Stream {self.stream} uses storage={_plain(config.storage)!r}; expected {self.storage!r}.")
@@ -229,9 +239,13 @@ class ConsumerConfigIs(Check):
 
 @dataclass
 class CallsStoreOnce(Check):
-    """Calling ``publish(js, key, data)`` twice with one key stores one message; other keys are kept.
+    """``publish(js, key, data)`` is safe to retry because the *server* recognises the retry.
 
-    The check really calls the learner's async function, on its own connection.
+    The check really calls the learner's async function, on its own connection: twice with
+    one key, once with another. It passes when three calls stored two messages, the first
+    call returned the PubAck, and each stored message carries a ``Nats-Msg-Id`` header (so
+    the server, not the process's memory, drops a retry: a retry after a restart or from
+    another instance is dropped too).
     """
 
     stream: str
@@ -241,18 +255,26 @@ class CallsStoreOnce(Check):
     async def verify(self, ctx: Context) -> None:
         import uuid
 
+        from nats.js.api import PubAck
+
         js = await ctx.js()
         before = (await _stream_info(ctx, self.stream)).state.last_seq
         first, second = f"check-{uuid.uuid4().hex[:8]}", f"check-{uuid.uuid4().hex[:8]}"
+        answers = []
         for key in (first, first, second):  # a retry of `first`, then a different key
             try:
-                await self.publish(js, key, b'{"check": true}')
+                answers.append(await self.publish(js, key, b'{"check": true}'))
             except Exception as err:
                 raise Fail(
                     f"Calling {self.name}(js, {key!r}, data) raised {type(err).__name__}: {err}. It must publish "
                     "with the `js` it receives as first argument (the checker passes its own connection; "
                     "a global one from the notebook is busy while the check runs)."
                 ) from None
+        if not isinstance(answers[0], PubAck):
+            raise Fail(
+                f"{self.name}(js, {first!r}, data) returned {_short(answers[0])}; expected the PubAck that "
+                "`await js.publish(...)` returns."
+            )
         stored = (await _stream_info(ctx, self.stream)).state.last_seq - before
         if stored == 3:
             raise Fail(
@@ -269,6 +291,14 @@ class CallsStoreOnce(Check):
             raise Fail(
                 f"Three calls of {self.name} (key {first!r} twice, {second!r} once) stored {stored} "
                 f"message(s) in {self.stream}; expected 2."
+            )
+        msg = await js.get_msg(self.stream, answers[0].seq)
+        if not (msg.headers or {}).get("Nats-Msg-Id"):
+            raise Fail(
+                f"The message {self.name} stored for key {first!r} has no Nats-Msg-Id header, so the server "
+                "cannot recognise a retry: your function skipped it itself. A memory of what was sent is "
+                "lost when the service restarts and is not shared with its other instances. Publish the "
+                "retry again, with a Nats-Msg-Id derived from the key, and let the server drop it."
             )
 
 
@@ -287,9 +317,17 @@ async def delete_streams(js: Any, *names: str) -> None:
 __all__ += ["delete_streams"]
 
 
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("NoneType", "None")
+
+
 @dataclass
 class EventContract(Check):
-    """``cls`` is a buslib Event class with this type, version and fields (name -> type)."""
+    """``cls`` is a buslib Event class with this type, version and fields.
+
+    ``fields`` maps a field name to its type, or to a tuple of the types accepted
+    (e.g. ``(bool, bool | None)``); the first one is named in the feedback.
+    """
 
     name: str
     cls: Any
@@ -311,14 +349,16 @@ class EventContract(Check):
                 f"(subject {self.cls.subject()}); expected type {self.type!r} version {self.version}."
             )
         model_fields = self.cls.model_fields
-        for field_name, annotation in self.fields.items():
+        for field_name, wanted in self.fields.items():
+            accepted = wanted if isinstance(wanted, tuple) else (wanted,)
             if field_name not in model_fields:
-                raise Fail(f"{self.name} has no field {field_name!r}; expected {field_name}: {annotation.__name__}.")
-            actual = model_fields[field_name].annotation
-            if actual is not annotation:
                 raise Fail(
-                    f"{self.name}.{field_name} is declared as {getattr(actual, '__name__', actual)}; "
-                    f"expected {annotation.__name__}."
+                    f"{self.name} has no field {field_name!r}; expected {field_name}: {_type_name(accepted[0])}."
+                )
+            actual = model_fields[field_name].annotation
+            if not any(actual == option for option in accepted):
+                raise Fail(
+                    f"{self.name}.{field_name} is declared as {_type_name(actual)}; expected {_type_name(accepted[0])}."
                 )
 
 
@@ -327,12 +367,16 @@ class TraceCarried(Check):
     """Every message on ``effect`` belongs to the trace of the ``cause`` message with the same ``key``.
 
     Both subjects live in ``stream``; ``key`` is a JSON field they share (e.g. ``shipment_id``).
+
+    Args:
+        every_cause: also require an ``effect`` message for every ``cause`` message.
     """
 
     stream: str
     cause: str
     effect: str
     key: str
+    every_cause: bool = False
 
     async def verify(self, ctx: Context) -> None:
         from buslib.tracing import parse_traceparent
@@ -369,6 +413,13 @@ class TraceCarried(Check):
                     f"{want.trace_id if want else None}. Publish from inside the handler, in its trace, "
                     "without starting a new one."
                 )
+        answered = {_json_object(msg.data).get(self.key) for msg in effects}
+        unanswered = sorted(str(key) for key in causes if key not in answered)
+        if self.every_cause and unanswered:
+            raise Fail(
+                f"No message on {self.effect} answers {self.key} {', '.join(unanswered)} yet (stream {self.stream} "
+                f"holds {len(causes)} on {self.cause}). Wait until every one is answered before checking."
+            )
 
 
 __all__ += ["EventContract", "TraceCarried", "stored_messages"]

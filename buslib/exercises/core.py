@@ -11,6 +11,7 @@
 A learner runs ``q1.check()`` (feedback in a green, red or grey box), ``q1.hint()`` and
 ``q1.solution()``. Checks are small classes whose ``verify`` inspects the real server (and
 the learner's objects) and raises :class:`Fail` with what it saw and what it expected.
+How an outcome looks (a coloured box, plain text, JSON) is :mod:`buslib.exercises.feedback`.
 
 ``check()`` is synchronous: it runs the checks on a fresh connection in a worker thread, so
 it behaves the same in JupyterLab, under nbval, in ``buslib progress`` and in plain
@@ -22,23 +23,21 @@ and on a workshop server it is recorded for the instructor (:mod:`buslib.exercis
 from __future__ import annotations
 
 import asyncio
-import html
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from enum import Enum
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from buslib.exercises.placeholder import Placeholder, ____, is_placeholder
+from buslib.exercises.feedback import MIME_TYPE, Feedback, Outcome, Status, show
 from buslib.exercises.recording import record_check
 from buslib.teaching.helpers import wait_until
 
 __all__ = [
     "MIME_TYPE",
     "Check",
+    "Checks",
     "Context",
     "Fail",
     "Feedback",
@@ -55,107 +54,64 @@ __all__ = [
     "wait_until",
 ]
 
-MIME_TYPE = "application/vnd.buslib.check+json"
 CHECK_TIMEOUT = 30.0  # seconds for one question's checks; server calls take milliseconds
 
 
-class Status(str, Enum):
-    """What a check found."""
+class Placeholder:
+    """The ``____`` blank a learner replaces with code.
 
-    CORRECT = "correct"
-    INCORRECT = "incorrect"
-    NOT_ATTEMPTED = "not attempted"
-    ERROR = "error"  # the check itself could not run (e.g. no server); not the learner's fault
-
-
-_STYLE = {  # (border, background, symbol, label)
-    Status.CORRECT: ("#2e7d32", "#e8f5e9", "✔", "Correct"),
-    Status.INCORRECT: ("#c62828", "#ffebee", "✘", "Incorrect"),
-    Status.NOT_ATTEMPTED: ("#757575", "#f5f5f5", "○", "Not attempted"),
-    Status.ERROR: ("#ef6c00", "#fff3e0", "!", "Could not check"),
-    "hint": ("#1565c0", "#e3f2fd", "➜", "Hint"),  # no emoji: not every browser has an emoji font
-    "solution": ("#6a1b9a", "#f3e5f5", "✎", "Solution"),
-}
-
-
-def _box(style_key: Any, heading: str, body_html: str) -> str:
-    border, background, symbol, label = _STYLE[style_key]
-    return (
-        f'<div style="border-left:6px solid {border};background:{background};color:#212121;'
-        f'padding:0.5em 0.9em;margin:0.3em 0;border-radius:3px;font-family:sans-serif">'
-        f'<strong style="color:{border}">{symbol} {label}</strong>{heading}'
-        f'<div style="margin-top:0.25em">{body_html}</div></div>'
-    )
-
-
-def _text_html(text: str) -> str:
-    # Escape, keep line breaks, and show `code` as code: messages and hints quote Python.
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text)).replace("\n", "<br>")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The result of checking one question.
-
-    Attributes:
-        exercise: the exercise, e.g. ``"01"``.
-        question: the question id, e.g. ``"q1"``.
-        title: what the question asks, in a few words.
-        status: correct, incorrect, not attempted, or error.
-        message: for a learner: what the server shows vs what was expected.
+    It tolerates being used (called, awaited, indexed, iterated, attribute access), so a cell
+    such as ``info = await js.add_stream(name=____)`` never crashes: the check then says
+    "not attempted" instead of the notebook stopping with an unrelated traceback.
     """
 
-    exercise: str
-    question: str
-    title: str
-    status: Status
-    message: str
+    _instance: Placeholder | None = None
 
-    @property
-    def correct(self) -> bool:
-        """Whether every check passed."""
-        return self.status is Status.CORRECT
-
-    def to_json(self) -> dict[str, str]:
-        """A JSON-ready dict (what ``buslib progress`` collects)."""
-        return {**asdict(self), "status": self.status.value}
-
-    def __str__(self) -> str:
-        label = _STYLE[self.status][3]
-        return f"[{self.question}] {label}: {self.message}" if self.message else f"[{self.question}] {label}."
+    def __new__(cls) -> Placeholder:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
 
     def __repr__(self) -> str:
-        return f"Outcome({self.exercise!r}, {self.question!r}, {self.status.value!r}, {self.message!r})"
+        return "____"
 
-    def _repr_html_(self) -> str:
-        body = _text_html(self.message)
-        return _box(
-            self.status, f" &nbsp;<span style='color:#555'>{self.question}: {html.escape(self.title)}</span>", body
-        )
+    def __call__(self, *args: Any, **kwargs: Any) -> Placeholder:
+        return self
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {"text/plain": str(self), "text/html": self._repr_html_(), MIME_TYPE: self.to_json()}
+    def __getattr__(self, name: str) -> Placeholder:
+        if name.startswith("__") and name.endswith("__"):  # keep copy/pickle/IPython protocols honest
+            raise AttributeError(name)
+        return self
+
+    def __getitem__(self, key: Any) -> Placeholder:
+        return self
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __await__(self) -> Generator[Any, None, Placeholder]:
+        return self
+        yield  # makes this a generator: `await ____` evaluates to ____
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
 
 
-@dataclass(frozen=True)
-class Feedback:
-    """A hint or a solution, shown in a coloured box (plain text outside Jupyter)."""
+____ = Placeholder()
 
-    kind: str  # "hint" or "solution"
-    question: str
-    text: str
-    code: bool = False
 
-    def __str__(self) -> str:
-        return f"[{self.question}] {_STYLE[self.kind][3]}:\n{self.text}"
-
-    def _repr_html_(self) -> str:
-        escaped = html.escape(self.text)
-        if self.code:
-            body = f"<pre style='margin:0;white-space:pre-wrap'>{escaped}</pre>"
-        else:
-            body = _text_html(self.text)
-        return _box(self.kind, f" &nbsp;<span style='color:#555'>{self.question}</span>", body)
+def is_placeholder(value: Any) -> bool:
+    """Whether ``value`` is ``____`` or a list/tuple/set/dict that still holds one."""
+    if value is ____:
+        return True
+    if isinstance(value, Mapping):
+        return any(is_placeholder(k) or is_placeholder(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(is_placeholder(v) for v in value)
+    return False
 
 
 class Fail(Exception):
@@ -182,7 +138,8 @@ class Context:
         return self._nc
 
     @property
-    def opened(self) -> Any:  # the connection if a check opened one, else None
+    def opened(self) -> Any:
+        """The connection if a check opened one, else None."""
         return self._nc
 
     async def js(self) -> Any:
@@ -204,6 +161,9 @@ class Check:
 
     async def verify(self, ctx: Context) -> None:
         raise NotImplementedError
+
+
+Checks = Iterator[Check]  # what a question's check function yields
 
 
 @dataclass
@@ -312,8 +272,14 @@ class Question:
 
     # -- running the checks -------------------------------------------------------------
     async def outcome_async(self, namespace: Mapping[str, Any], *, url: str | None = None) -> Outcome:
-        """Run the checks against ``namespace`` (the learner's variables) on ``url`` (default: ``NATS_URL`` or
-        the embedded server) and return the outcome; a workshop server also records it for the instructor."""
+        """Run the checks against ``namespace`` (the learner's variables) and return the outcome.
+
+        Args:
+            namespace: the learner's variables.
+            url: the server to check against; ``None`` means ``NATS_URL`` or the embedded server.
+
+        On a workshop server the outcome is also recorded for the instructor (best effort).
+        """
         ctx = Context(url)
         started = time.perf_counter()
         try:
@@ -370,45 +336,32 @@ class Question:
             AssertionError: only in strict mode (solution notebooks) when not correct.
         """
         result = self.outcome(sys._getframe(1).f_globals)
-        _show(result)
+        show(result)
         if _strict and not result.correct:
             raise AssertionError(str(result))
 
     def assert_check(self) -> None:
         """Like ``check()`` but raise AssertionError unless correct (for solutions and tests)."""
         result = self.outcome(sys._getframe(1).f_globals)
-        _show(result)
+        show(result)
         if not result.correct:
             raise AssertionError(str(result))
 
     def hint(self, n: int | None = None) -> None:
         """Show the next hint (or hint number ``n``, counting from 1)."""
         if not self.hints:
-            _show(Feedback("hint", self.id, "No hint for this one: try q.solution() if you are stuck."))
+            show(Feedback("hint", self.id, "No hint for this one: try q.solution() if you are stuck."))
             return
         if n is None:
             self._hints_shown = min(self._hints_shown + 1, len(self.hints))
             n = self._hints_shown
         n = max(1, min(n, len(self.hints)))
         more = f"\n(hint {n} of {len(self.hints)}: call .hint() again for the next)" if n < len(self.hints) else ""
-        _show(Feedback("hint", self.id, self.hints[n - 1] + more))
+        show(Feedback("hint", self.id, self.hints[n - 1] + more))
 
     def solution(self) -> None:
         """Show a solution."""
-        _show(Feedback("solution", self.id, self.solution_text or "(no solution text)", code=True))
-
-
-def _show(obj: Any) -> None:
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:  # plain Python
-        print(obj)
-        return
-    if get_ipython() is None:
-        print(obj)
-    else:
-        display(obj)
+        show(Feedback("solution", self.id, self.solution_text or "(no solution text)", code=True))
 
 
 def _run_in_thread(coro: Any, *, timeout: float) -> Any:

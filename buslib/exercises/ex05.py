@@ -12,10 +12,23 @@ from buslib.contracts.codec import decode
 from buslib.contracts.compat import Compatibility, check
 from buslib.events import Event
 from buslib.exercises.checks import EventContract, _json_object, _same, _stream_info, delete_streams, stored_messages
-from buslib.exercises.core import Check, Context, Fail, Question, ____, wait_until
+from buslib.exercises.core import Check, Checks, Context, Fail, Question, ____, wait_until
 
-__all__ = ["____", "q1", "q2", "q3", "QUESTIONS", "reset", "wait_until", "STREAM", "REGISTRY_BUCKET",
-           "CustomerRegisteredV1", "ProductAddedV1", "ProductAddedV2", "publish_product_history"]
+__all__ = [
+    "____",
+    "q1",
+    "q2",
+    "q3",
+    "QUESTIONS",
+    "reset",
+    "wait_until",
+    "STREAM",
+    "REGISTRY_BUCKET",
+    "CustomerRegisteredV1",
+    "ProductAddedV1",
+    "ProductAddedV2",
+    "publish_product_history",
+]
 
 STREAM = "EX05"
 REGISTRY_BUCKET = "EX05_SCHEMAS"
@@ -82,122 +95,188 @@ class ReadsHistoryAs(Check):
         await _stream_info(ctx, self.stream)
         messages = await stored_messages(await ctx.js(), self.stream, self.subject)
         if len(messages) < len(self.expected):
-            raise Fail(f"Stream {self.stream} has {len(messages)} message(s) on {self.subject}; expected the "
-                       f"{len(self.expected)} of the history. Run the setup cell again.")
+            raise Fail(
+                f"Stream {self.stream} has {len(messages)} message(s) on {self.subject}; expected the "
+                f"{len(self.expected)} of the history. Run the setup cell again."
+            )
         for msg in messages:
             raw = _json_object(msg.data)
-            sku = raw.get("sku")
+            sku = str(raw.get("sku"))
             try:
                 event = decode(msg.data, msg.headers, self.target)
             except Exception as err:
-                raise Fail(f"Reading stored message {msg.seq} ({sku}) as {self.target.__name__} failed: {err}") from None
+                raise Fail(
+                    f"Reading stored message {msg.seq} ({sku}) as {self.target.__name__} failed: {err}"
+                ) from None
             for field_name, want in self.expected.get(sku, {}).items():
                 got = getattr(event, field_name)
                 if not _same(got, want):
-                    raise Fail(f"The v1 event {raw} became {event.__class__.__name__} with {field_name}={got!r}; "
-                               f"expected {want!r}.")
+                    raise Fail(
+                        f"The v1 event {raw} became {event.__class__.__name__} with {field_name}={got!r}; "
+                        f"expected {want!r}."
+                    )
+
+
+def _is_string(prop: dict[str, Any]) -> bool:
+    """Whether a JSON Schema property allows strings (``{"type": "string"}``, or a union with null)."""
+    kinds = prop.get("type")
+    if kinds == "string" or (isinstance(kinds, list) and "string" in kinds):
+        return True
+    return any(_is_string(option) for option in prop.get("anyOf", []) + prop.get("oneOf", []))
 
 
 class SchemaRevisions(Check):
-    """The registry bucket holds ``count`` revisions of ``subject``, the last one adding ``field``."""
+    """The registry holds two revisions of a subject: the contract as it is, then with one new optional field.
 
-    def __init__(self, bucket: str, event_type: str, version: int, count: int, field: str) -> None:
-        self.bucket, self.event_type, self.version, self.count, self.field = bucket, event_type, version, count, field
+    Args:
+        contract: the Event class revision 1 must be (same properties, same required ones).
+        field: the field revision 2 adds, optional, a string.
+    """
+
+    def __init__(self, bucket: str, contract: type[Event], field: str) -> None:
+        self.bucket, self.contract, self.field = bucket, contract, field
 
     async def verify(self, ctx: Context) -> None:
+        from buslib.contracts import json_schema
         from buslib.contracts.registry import SchemaRegistry
 
         js = await ctx.js()
         try:
             registry = await SchemaRegistry.open(js, bucket=self.bucket, create=False)
         except Exception:
-            raise Fail(f"There is no schema registry bucket {self.bucket!r}. Open it with "
-                       f"SchemaRegistry.open(js, bucket={self.bucket!r}).") from None
-        revisions = await registry.history(self.event_type, self.version)
-        subject = f"{self.event_type}.v{self.version}"
-        if len(revisions) != self.count:
-            raise Fail(f"The registry holds {len(revisions)} revision(s) of {subject}; expected {self.count}: "
-                       "version 1 as it is, then the revision with the new field.")
-        last = revisions[-1].schema
-        if self.field not in last.get("properties", {}):
-            raise Fail(f"Revision {revisions[-1].revision} of {subject} has no property {self.field!r}; "
-                       f"expected the new optional field {self.field}.")
-        if self.field in last.get("required", []):
-            raise Fail(f"Revision {revisions[-1].revision} of {subject} makes {self.field!r} required.")
+            raise Fail(
+                f"There is no schema registry bucket {self.bucket!r}. Open it with "
+                f"SchemaRegistry.open(js, bucket={self.bucket!r})."
+            ) from None
+        event_type, version = self.contract.event_type, self.contract.event_version
+        revisions = await registry.history(event_type, version)
+        subject = f"{event_type}.v{version}"
+        if len(revisions) != 2:
+            raise Fail(
+                f"The registry holds {len(revisions)} revision(s) of {subject}; expected 2: "
+                f"{self.contract.__name__} as it is, then the revision with the new field {self.field}. "
+                "(Run the setup cell again to start from an empty registry.)"
+            )
+        expected = json_schema(self.contract)
+        first, second = (r.schema for r in revisions)
+        names = sorted(expected["properties"])
+        if sorted(first.get("properties", {})) != names or sorted(first.get("required", [])) != sorted(
+            expected.get("required", [])
+        ):
+            raise Fail(
+                f"Revision 1 of {subject} has the properties {sorted(first.get('properties', {}))} "
+                f"(required: {sorted(first.get('required', []))}); expected {self.contract.__name__}'s: "
+                f"{names} (required: {sorted(expected.get('required', []))}). Register the class itself."
+            )
+        added = sorted(set(second.get("properties", {})) - set(names))
+        removed = sorted(set(names) - set(second.get("properties", {})))
+        if removed:
+            raise Fail(
+                f"Revision 2 of {subject} drops {removed}, which revision 1 has (an Event's id, version and "
+                f"occurred_at are part of its contract). Start from revision 1's schema, "
+                f"json_schema({self.contract.__name__}), and add the new field to it."
+            )
+        if added != [self.field]:
+            raise Fail(f"Revision 2 of {subject} adds {added or 'nothing'}; expected one new field, {self.field!r}.")
+        if self.field in second.get("required", []):
+            raise Fail(f"Revision 2 of {subject} makes {self.field!r} required; expected it optional.")
+        if not _is_string(second["properties"][self.field]):
+            raise Fail(
+                f"Revision 2 of {subject} declares {self.field!r} as {second['properties'][self.field]}; "
+                'expected a string ({"type": "string"}).'
+            )
 
 
-def _v2(CustomerRegisteredV2: Any):
-    yield EventContract("CustomerRegisteredV2", CustomerRegisteredV2, type=CUSTOMER_TYPE, version=2,
-                        fields={"customer_id": str, "email": str, "marketing_opt_in": bool})
+def _v2(CustomerRegisteredV2: Any) -> Checks:
+    yield EventContract(
+        "CustomerRegisteredV2",
+        CustomerRegisteredV2,
+        type=CUSTOMER_TYPE,
+        version=2,
+        fields={"customer_id": str, "email": str, "marketing_opt_in": (bool, bool | None)},
+    )
     yield CompatibleWith("CustomerRegisteredV2", CustomerRegisteredV2, CustomerRegisteredV1, Compatibility.BACKWARD)
 
 
 q1 = Question(
-    "q1", "A v2 that still reads v1",
+    "q1",
+    "A v2 that still reads v1",
     uses=["CustomerRegisteredV2"],
     checks=_v2,
-    hint=["BACKWARD: consumers on the new contract can read events written with the old one. v1 events "
-          "have no marketing_opt_in field...",
-          "...so v2 must not require it: give it a default (`marketing_opt_in: bool = False`). Check yourself "
-          "with buslib.contracts.compat.check(CustomerRegisteredV2, CustomerRegisteredV1, 'BACKWARD')."],
-    solution='''
+    hint=[
+        "BACKWARD: consumers on the new contract can read events written with the old one. v1 events "
+        "have no marketing_opt_in field...",
+        "...so v2 must not require it: give it a default (`marketing_opt_in: bool = False`). Check yourself "
+        "with buslib.contracts.compat.check(CustomerRegisteredV2, CustomerRegisteredV1, 'BACKWARD').",
+    ],
+    solution="""
 class CustomerRegisteredV2(Event, type="ex05.customers.registered", version=2):
     customer_id: str
     email: str
     marketing_opt_in: bool = False
 
+
 report = check(CustomerRegisteredV2, CustomerRegisteredV1, "BACKWARD")
-''',
+""",
     exercise="05",
 )
 
 
-def _upcaster(product_v1_to_v2: Any):
-    yield ReadsHistoryAs(STREAM, ProductAddedV1.subject(), ProductAddedV2, {
-        "LAMP-1": {"sku": "LAMP-1", "price": 19.99, "currency": "EUR"},
-        "DESK-7": {"sku": "DESK-7", "price": 149.0, "currency": "EUR"},
-        "PEN-3": {"sku": "PEN-3", "price": 2.5, "currency": "EUR"},
-    })
+def _upcaster(product_v1_to_v2: Any) -> Checks:
+    yield ReadsHistoryAs(
+        STREAM,
+        ProductAddedV1.subject(),
+        ProductAddedV2,
+        {
+            "LAMP-1": {"sku": "LAMP-1", "price": 19.99, "currency": "EUR"},
+            "DESK-7": {"sku": "DESK-7", "price": 149.0, "currency": "EUR"},
+            "PEN-3": {"sku": "PEN-3", "price": 2.5, "currency": "EUR"},
+        },
+    )
 
 
 q2 = Question(
-    "q2", "An upcaster for the v1 history",
+    "q2",
+    "An upcaster for the v1 history",
     uses=["product_v1_to_v2"],
     checks=_upcaster,
-    hint=["Decorate a function with `@upcaster(ProductAddedV1, to=ProductAddedV2)`; it takes a v1 event and "
-          "returns the v2 event (id and time are carried over for you).",
-          "Cents to euros: price = price_cents / 100; every old price was in EUR."],
-    solution='''
+    hint=[
+        "Decorate a function with `@upcaster(ProductAddedV1, to=ProductAddedV2)`; it takes a v1 event and "
+        "returns the v2 event (id and time are carried over for you).",
+        "Cents to euros: price = price_cents / 100; every old price was in EUR.",
+    ],
+    solution="""
 @upcaster(ProductAddedV1, to=ProductAddedV2)
 def product_v1_to_v2(old):
     return ProductAddedV2(sku=old.sku, price=old.price_cents / 100, currency="EUR")
-''',
+""",
     exercise="05",
 )
 
 
-def _registered(registry: Any):
-    yield SchemaRevisions(REGISTRY_BUCKET, CUSTOMER_TYPE, 1, count=2, field="phone")
+def _registered(registry: Any) -> Checks:
+    yield SchemaRevisions(REGISTRY_BUCKET, CustomerRegisteredV1, field="phone")
 
 
 q3 = Question(
-    "q3", "Evolve a contract through the registry",
+    "q3",
+    "Evolve a contract through the registry",
     uses=["registry"],
     checks=_registered,
-    hint=["`registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)`, then "
-          "`await registry.register(CustomerRegisteredV1)` stores revision 1.",
-          "For revision 2, register a JSON Schema: `await registry.register(schema, event_type=..., version=1)`. "
-          "Build it from a pydantic model with the extra optional field: `Model.model_json_schema()`."],
-    solution='''
-class CustomerV1WithPhone(BaseModel):  # the same v1 contract plus an optional field
-    customer_id: str
-    email: str
-    phone: str | None = None
-
+    hint=[
+        "`registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)`, then "
+        "`await registry.register(CustomerRegisteredV1)` stores revision 1.",
+        "For revision 2, do as lesson 05 section 9: `schema = json_schema(CustomerRegisteredV1)`, add "
+        '`schema["properties"]["phone"] = {"type": "string"}` (not in "required"), then '
+        "`await registry.register(schema)`.",
+    ],
+    solution="""
 registry = await SchemaRegistry.open(js, bucket=REGISTRY_BUCKET)
 await registry.register(CustomerRegisteredV1)
-revision = await registry.register(CustomerV1WithPhone.model_json_schema(), event_type="ex05.customers.registered", version=1)
-''',
+with_phone = json_schema(CustomerRegisteredV1)  # the v1 contract as a JSON Schema dict
+with_phone["properties"]["phone"] = {"type": "string"}  # new and optional: not added to "required"
+revision = await registry.register(with_phone)
+""",
     exercise="05",
 )
 

@@ -4,7 +4,7 @@
 >>> rows = progress("exercises")                       # doctest: +SKIP
 >>> print(format_table(rows))                          # doctest: +SKIP
 notebook             question  status         detail
-01_persistence.ipynb q1        correct        Well done.
+ex01_persistence.ipynb q1      correct        Well done.
 
 Each notebook is executed top to bottom in a fresh kernel (which inherits ``NATS_URL``), the
 way a learner's "Run All" would, without changing the file. Every ``qN.check()`` publishes
@@ -23,12 +23,12 @@ from typing import Any
 
 from buslib.errors import BusError
 from buslib.exercises import EXERCISES, questions
-from buslib.exercises.core import MIME_TYPE
+from buslib.exercises.feedback import MIME_TYPE
 
 __all__ = ["NOT_CHECKED", "Row", "format_table", "progress", "run_notebook"]
 
 NOT_CHECKED = "not checked"
-_NAME_RE = re.compile(r"^(\d\d)_.*\.ipynb$")
+_NAME_RE = re.compile(r"^(?:ex)?(\d\d)_.*\.ipynb$")  # ex01_persistence.ipynb (or 01_persistence.ipynb)
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,16 @@ def progress(directory: str | Path = "exercises", *, only: str | None = None, ti
     """
     folder = Path(directory)
     if not folder.is_dir():
-        raise BusError(f"{folder} is not a folder. Give the folder that holds the exercise notebooks (by default: exercises).")
+        raise BusError(
+            f"{folder} is not a folder. Give the folder that holds the exercise notebooks (by default: exercises)."
+        )
     notebooks = [p for p in sorted(folder.glob("*.ipynb")) if _exercise_of(p) and (only is None or only in p.name)]
     if not notebooks:
-        raise BusError(f"No exercise notebooks (named like 01_persistence.ipynb) in {folder}"
-                       + (f" matching {only!r}" if only else "") + ".")
+        raise BusError(
+            f"No exercise notebooks (named like ex01_persistence.ipynb) in {folder}"
+            + (f" matching {only!r}" if only else "")
+            + "."
+        )
     rows: list[Row] = []
     for path in notebooks:
         exercise = _exercise_of(path) or ""
@@ -112,7 +117,11 @@ def progress(directory: str | Path = "exercises", *, only: str | None = None, ti
             if found:
                 rows.append(Row(path.name, question.id, question.title, found["status"], found["message"]))
             else:
-                why = f"its check did not run; first error in the notebook: {errors[0]}" if errors else "its check did not run"
+                why = (
+                    f"its check did not run; first error in the notebook: {errors[0]}"
+                    if errors
+                    else "its check did not run"
+                )
                 rows.append(Row(path.name, question.id, question.title, NOT_CHECKED, why))
     return rows
 
@@ -121,7 +130,11 @@ def format_table(rows: list[Row], *, width: int = 70) -> str:
     """A plain-text table of rows plus a one-line summary."""
     headers = ("notebook", "question", "status", "detail")
     cells = [(r.notebook, r.question, r.status, _clip(r.detail, width)) for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)] if cells else [len(h) for h in headers]
+    widths = (
+        [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+        if cells
+        else [len(h) for h in headers]
+    )
     lines = ["  ".join(text.ljust(w) for text, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(text.ljust(w) for text, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     correct = sum(r.status == "correct" for r in rows)

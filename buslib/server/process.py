@@ -27,6 +27,7 @@ from types import TracebackType
 
 from buslib.errors import ServerError
 from buslib.server.binary import HOW_TO_GET_A_SERVER, find_server_binary
+from buslib.server.ports import restartable_port
 from buslib.server.stores import claim_store, record_url, release_store, remove_dead_owners_stores, temp_store_root
 from buslib.server.watchdog import new_process_group, watchdog
 
@@ -42,8 +43,9 @@ class EmbeddedServer:
     """A nats-server with JetStream on 127.0.0.1, owned by this process.
 
     Args:
-        port: client port; 0 picks a free one (kept across ``restart()``).
-        monitor_port: HTTP monitoring port; 0 picks a free one.
+        port: client port; 0 picks a free one (kept across ``restart()``, and chosen below the
+            OS's automatic range so no other program is handed it while the server is down).
+        monitor_port: HTTP monitoring port; 0 picks a free one (the same way).
         store_dir: a persistent store folder; ``None`` means a fresh temp folder that is
             removed on ``stop()`` (and by the next start if this process dies first).
         max_memory_store / max_file_store: JetStream limits sized for a laptop.
@@ -138,7 +140,19 @@ class EmbeddedServer:
         if not self._temporary:
             claim_store(workdir, self)
         try:
-            self._launch(binary)
+            for attempt in range(3):
+                chosen = self._choose_ports()
+                try:
+                    self._launch(binary)
+                    break
+                except _PortTaken:  # taken between our check and the server's bind: choose again
+                    self._end_process(graceful=False, timeout=1.0)
+                    if not chosen or attempt == 2:
+                        raise
+                    self.port, self.monitor_port = (
+                        (0 if "port" in chosen else self.port),
+                        (0 if "monitor_port" in chosen else self.monitor_port),
+                    )
         except BaseException:  # a ServerError, or an interrupt while waiting: no half-started server
             self._end_process(graceful=False, timeout=1.0)
             if fresh and self._temporary:  # nothing worth keeping in a store that never started
@@ -148,6 +162,19 @@ class EmbeddedServer:
                 release_store(workdir, self)
             raise
         return self
+
+    def _choose_ports(self) -> set[str]:
+        """Fill ports left at 0 with restartable ones; return which were chosen here."""
+        chosen: set[str] = set()
+        if self._config_file is not None:  # the given configuration names its own ports
+            return chosen
+        if not self.port:
+            self.port = restartable_port()
+            chosen.add("port")
+        if not self.monitor_port:
+            self.monitor_port = restartable_port()
+            chosen.add("monitor_port")
+        return chosen
 
     def _write_config(self) -> Path:
         """The configuration file to run: the given one, or one written into the work folder."""
@@ -270,7 +297,7 @@ class EmbeddedServer:
                 return
             if self._proc.poll() is not None:
                 self._end_process(graceful=False, timeout=1.0)  # reap it and tell the watchdog
-                raise ServerError(_explain_failed_start(log.read_text(errors="replace")))
+                raise _explain_failed_start(log.read_text(errors="replace"))
             if time.monotonic() > deadline:
                 self._end_process(graceful=False, timeout=2)
                 raise ServerError(
@@ -311,21 +338,26 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _explain_failed_start(log_text: str) -> str:
-    errors = [line for line in log_text.splitlines() if "[ERR]" in line or "[FTL]" in line] or log_text.splitlines()[
-        -5:
-    ]
+class _PortTaken(ServerError):
+    """The server could not listen: a port is taken by another program."""
+
+
+def _explain_failed_start(log_text: str) -> ServerError:
+    errors = [line for line in log_text.splitlines() if "[ERR]" in line or "[FTL]" in line]
+    errors = errors or log_text.splitlines()[-5:]
     if not errors:
-        return f"nats-server exited while starting and wrote nothing to its log: is it really nats-server?\n{HOW_TO_GET_A_SERVER}"
+        return ServerError(
+            f"nats-server exited while starting and wrote nothing to its log: is it really nats-server?\n"
+            f"{HOW_TO_GET_A_SERVER}"
+        )
     message = "nats-server exited while starting. It said:\n  " + "\n  ".join(errors)
     # "address already in use" on Linux/macOS, "...is normally permitted" on Windows
     taken = next((line for line in errors if "already in use" in line or "normally permitted" in line), None)
-    if taken:
-        which, option = ("monitoring port", "monitor_port") if "monitor" in taken else ("client port", "port")
-        port = re.search(r"127\.0\.0\.1:(\d+)", taken)
-        message += (
-            f"\nThe {which} {port.group(1) if port else ''} is already taken by another program (maybe another "
-            "nats-server, `buslib server` or docker compose). "
-            f"Stop that program, or use {option}=0 (buslib server: --{option.replace('_', '-')} 0) to pick a free port."
-        )
-    return message
+    if taken is None:
+        return ServerError(message)
+    which, option = ("monitoring port", "monitor_port") if "monitor" in taken else ("client port", "port")
+    port = re.search(r"127\.0\.0\.1:(\d+)", taken)
+    return _PortTaken(
+        f"{message}\nThe {which} {port.group(1) if port else ''} is already taken by another program (maybe another "
+        f"nats-server, `buslib server` or docker compose). Stop that program, or use {option}=0 to pick a free port."
+    )
