@@ -194,3 +194,14 @@ def test_the_docker_config_runs_with_the_real_binary(tmp_path):
     with EmbeddedServer(config_file=room.folder / "docker-local.conf", store_dir=tmp_path / "data") as server:
         with urllib.request.urlopen(f"{server.monitor_url}/healthz?js-enabled-only=true", timeout=5) as reply:
             assert reply.status == 200  # what the compose healthcheck asks
+
+
+def test_a_room_served_twice_is_refused_with_a_reason(tmp_path):
+    create_room(tmp_path / "room", learners=1, port=free_port(), monitor_port=free_port())
+    first = WorkshopServer(tmp_path / "room").start()
+    try:
+        with pytest.raises(WorkshopError, match="did not start") as caught:
+            WorkshopServer(tmp_path / "room").start()
+        assert "already" in str(caught.value) and first.running
+    finally:
+        first.stop()

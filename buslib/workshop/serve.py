@@ -118,7 +118,10 @@ class WorkshopServer:
         try:
             self.server = server.start()
         except ServerError as err:
-            raise WorkshopError(f"The workshop server did not start.\n{err}") from None
+            raise WorkshopError(
+                f"The workshop server did not start.\n{err}\nIf a port is taken: stop the program that uses it "
+                f"(maybe this room is already being served), or create the room with other ports."
+            ) from None
         return self
 
     async def prepare(self) -> None:
