@@ -217,6 +217,8 @@ def test_bad_room_settings_are_refused_with_a_reason(tmp_path):
         create_room(tmp_path / "a", learners=0)
     with pytest.raises(WorkshopError, match="address learners will put in"):
         create_room(tmp_path / "b", learners=2, listen="0.0.0.0")
+    with pytest.raises(WorkshopError, match="cannot be the address learners put in"):
+        create_room(tmp_path / "b2", learners=2, host="0.0.0.0")
     with pytest.raises(WorkshopError, match="both the certificate and its private key"):
         create_room(tmp_path / "c", learners=2, tls_cert=tmp_path / "x.pem")
     with pytest.raises(WorkshopError, match="does not exist"):

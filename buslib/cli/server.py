@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     monitor_port = args.monitor_port
     if monitor_port is None:  # a second server on other ports must not collide on the monitoring port
         monitor_port = DEFAULT_MONITOR_PORT if args.port == DEFAULT_PORT else 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before saying "ready": a stop may follow at once
+        signal.signal(sig, lambda *_: stop.set())
     server = EmbeddedServer(port=args.port, monitor_port=monitor_port, store_dir=args.store_dir)
     try:
         server.start()
@@ -48,9 +51,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  store:      {server.store_dir}")
     print(f"Use it from notebooks with:  NATS_URL={server.url} make lab")
     print("Press Ctrl-C to stop.", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
         if not server.running:
             print("nats-server exited unexpectedly; see its log:", server.log_path, file=sys.stderr)

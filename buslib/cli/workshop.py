@@ -148,6 +148,9 @@ def _room_arg(folder: Path) -> str:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before saying "serving": a stop may follow at once
+        signal.signal(sig, lambda *_: stop.set())
     server = WorkshopServer(args.room)
     server.start()
     try:
@@ -160,16 +163,13 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"  listening:  {room.listen}:{room.port}; monitoring on 127.0.0.1:{room.monitor_port} only")
         print(f"  the board:  buslib workshop board{_room_arg(args.room)}")
         print(f"Stops at {room.valid_until.isoformat()} (when the passwords expire) or on Ctrl-C.", flush=True)
-        return _serve_until_stopped(server, args.seconds)
+        return _serve_until_stopped(server, args.seconds, stop)
     finally:
         server.stop()
         print(f"Stopped. Learners' streams stay in {server.room.store} until you delete the room's folder.")
 
 
-def _serve_until_stopped(server: WorkshopServer, seconds: float | None) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+def _serve_until_stopped(server: WorkshopServer, seconds: float | None, stop: threading.Event) -> int:
     end = time.monotonic() + min(seconds if seconds is not None else LONGEST_RUN, LONGEST_RUN)
     checked = 0.0
     while not stop.wait(0.5):

@@ -208,6 +208,11 @@ def _forget_old_room(old: Room) -> None:
 
 
 def _host_and_listen(host: str | None, listen: str | None) -> tuple[str, str]:
+    if host in ("0.0.0.0", "::"):
+        raise WorkshopError(
+            f"{host} means every interface, so it cannot be the address learners put in their URL. Give this "
+            "machine's address on the room's network (e.g. 192.168.1.20) or its name."
+        )
     if host is None and listen is None:
         return "127.0.0.1", "127.0.0.1"
     if host is None:

@@ -61,6 +61,9 @@ class BoardWidget(widgets.VBox):
         self._reader: ProgressReader | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
+        # The frontend counts its views: a board whose output was cleared stops polling.
+        self._view_count = 0
+        self.observe(self._on_view_count, names="_view_count")
         self._render()
 
     async def refresh(self) -> BoardView | None:
@@ -119,6 +122,12 @@ class BoardWidget(widgets.VBox):
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         self.start()
         return bundle_with_html(self, self.text, self._html.value, **kwargs)
+
+    def _on_view_count(self, change: dict[str, Any]) -> None:
+        if (change["new"] or 0) > 0:
+            self.start()
+        elif (change["old"] or 0) > 0:  # was on screen, is not anymore
+            self.stop()
 
     async def _auto_refresh(self) -> None:
         while True:
