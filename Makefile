@@ -15,7 +15,9 @@ NOTEBOOKS = $(wildcard notebooks/*.ipynb exercises/solutions/*.ipynb)
 # The bus's own tests, run again on nats-server 2.11, with the fast paths off, and on the
 # lowest nats-py that pyproject.toml allows (in a second venv).
 BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus_failures.py \
-            tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py
+            tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py \
+            tests/test_partitions.py tests/test_retention.py tests/test_concurrency.py tests/test_outbox.py \
+            tests/test_lag.py
 # Workshop isolation and credentials, proven again on the oldest server (accounts, imports, limits).
 WORKSHOP_TESTS = tests/test_workshop_isolation.py tests/test_workshop_auth.py
 LOWEST   := .venv-lowest

@@ -1,6 +1,6 @@
 """A room at once: N learners run every exercise solution against one workshop server (Linux).
 
-    python benchmarks/bench_workshop.py                    # 30 learners, exercises 00-05
+    python benchmarks/bench_workshop.py                    # 30 learners, every exercise
     python benchmarks/bench_workshop.py --learners 5 --exercises 00,01 --json out.json
 
 A room of N learners is created and served on 127.0.0.1 (bcrypt cost 4, the default). Each
@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from buslib.exercises import EXERCISES
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS = REPO / "exercises" / "solutions"
@@ -233,7 +235,7 @@ def report(result: dict[str, Any]) -> str:
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--learners", type=int, default=30, help=f"learners at once (1-{MAX_LEARNERS}, default 30)")
-    parser.add_argument("--exercises", default="00,01,02,03,04,05", help="which solution notebooks (default all)")
+    parser.add_argument("--exercises", default=",".join(EXERCISES), help="which solution notebooks (default all)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run (default 900)")
     parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per notebook cell (default 120)")
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -21,7 +21,7 @@ from buslib.exercises import ____, ex00
 from buslib.exercises.core import Outcome, Status
 from buslib.exercises.recording import PROGRESS_SUBJECT, progress_record, record_outcome
 from buslib.workshop import Learner, Record, Room, read_progress
-from buslib.workshop.board import STUCK_TRIES, BoardState, format_board
+from buslib.workshop.board import STUCK_TRIES, BoardState, catalogue, format_board
 from buslib.workshop.progress import connect_instructor, ensure_progress_stream, parse_record
 from buslib.workshop.widget import board_widget
 
@@ -87,7 +87,7 @@ def test_the_cli_board_and_progress_export_read_the_room(room, capsys):
     assert "learner01" in board and "learner03" in board and "checks recorded" in board and "Server 2." in board
     assert cli(["progress", "--workshop", "--room", folder, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 3 * 17 and {r["learner"] for r in rows} == {"learner01", "learner02", "learner03"}
+    assert len(rows) == 3 * len(catalogue()) and {r["learner"] for r in rows} == {"learner01", "learner02", "learner03"}
     l03 = next(r for r in rows if r["learner"] == "learner03" and r["question"] == "00/q1")
     assert l03["status"] == "incorrect" and l03["checks"] >= 1
     assert cli(["progress", "--workshop", room["INSTRUCTOR"], "--csv"]) == 0
@@ -178,7 +178,7 @@ def test_the_board_says_who_is_where_who_is_stuck_and_what_fails_most():
     assert rows["learner03"].current is None and rows["learner03"].done == 0  # listed before any check
     assert [r.user for r in view.stuck] == ["learner02"]
     assert [(q.key, q.failing) for q in view.most_failing] == [("00/q1", 1), ("01/q1", 1)]
-    assert rows["learner01"].total == len(view.questions) == 17
+    assert rows["learner01"].total == len(view.questions) == len(catalogue())
     # a correct check ends the streak
     state.add([_rec(10, "L02", "00/q1", "correct", 70)])
     after = {r.user: r for r in state.view(now=80).learners}["learner02"]

@@ -45,13 +45,29 @@ PENDING_MESSAGES = "Nats-Pending-Messages"  # how much of a pull request was lef
 
 
 class ErrorCode(IntEnum):
-    """JetStream API error codes (``err_code`` of an ``APIError``) the kit reacts to."""
+    """JetStream API error codes (``err_code`` of an ``APIError``) the kit reacts to.
 
+    Measured on servers 2.11 to 2.15 (lesson 07 shows most of them happen).
+    """
+
+    DELIVER_POLICY_UPDATE = 10012  # a durable's deliver policy cannot change
     CONSUMER_NOT_FOUND = 10014
+    INSUFFICIENT_RESOURCES = 10023  # the server's store is full (publish)
+    INSUFFICIENT_MEMORY = 10028  # a memory stream's max_bytes does not fit max_memory_store
+    NO_MESSAGE_FOUND = 10037  # get_msg / get_last_msg: nothing there
+    INSUFFICIENT_STORAGE = 10047  # a file stream's max_bytes does not fit max_file_store (reserved at creation)
+    INVALID_STREAM_CONFIG = 10052  # e.g. duplicate_window > max_age
+    MESSAGE_TOO_LARGE = 10054  # over the stream's max_msg_size
     STREAM_NAME_IN_USE = 10058  # a stream of that name exists with another configuration
     STREAM_NOT_FOUND = 10059
     SUBJECTS_OVERLAP = 10065  # the subjects overlap those of an existing stream
-    STREAM_WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not match
+    STREAM_WRONG_LAST_MSG_ID = 10070  # Nats-Expected-Last-Msg-Id did not match
+    STREAM_WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-(Subject-)Sequence did not match
+    MAXIMUM_EXCEEDED = 10077  # discard=new: max_msgs / max_bytes / max_msgs_per_subject reached
+    DELIVER_POLICY_NEEDS_FILTER = 10094  # last_per_subject without a filter; by_start_time without a time
+    WORKQUEUE_NOT_UNIQUE = 10099  # a second unfiltered consumer on a work-queue stream
+    WORKQUEUE_FILTER_OVERLAP = 10100  # overlapping filters on a work-queue stream
+    WORKQUEUE_DELIVER_ALL = 10101  # a work-queue consumer must deliver all
 
 
 def pull_subject(stream: str, consumer: str) -> str:

@@ -7,10 +7,12 @@ True
 
 Modules: ``process`` (:class:`EmbeddedServer`: start, stop, restart, crash), ``binary``
 (finding nats-server), ``stores`` (temporary and claimed store folders), ``watchdog`` (kills
-an owner's servers when the owner dies, even by SIGKILL).
+an owner's servers when the owner dies, even by SIGKILL), ``monitoring`` (the HTTP
+endpoints: ``/healthz``, ``/jsz``).
 """
 
 from buslib.server.binary import BINARY_ENV, HOW_TO_GET_A_SERVER, find_server_binary
+from buslib.server.monitoring import consumer_rows, read_endpoint
 from buslib.server.process import EmbeddedServer
 from buslib.server.stores import pid_alive, remove_dead_owners_stores, temp_store_root
 
@@ -18,8 +20,10 @@ __all__ = [
     "BINARY_ENV",
     "HOW_TO_GET_A_SERVER",
     "EmbeddedServer",
+    "consumer_rows",
     "find_server_binary",
     "pid_alive",
+    "read_endpoint",
     "remove_dead_owners_stores",
     "temp_store_root",
 ]

@@ -5,22 +5,28 @@
 ...     1 / 0
 
 Modules: ``helpers`` (``expect_error``, ``timed``, ``wait_until``: lesson cells that assert,
-never sleep), ``status_panel`` (a live view of a server), ``charts`` (worker counts,
-delivery timelines), ``tables`` (dead letters), ``doctor`` (checks this machine).
+never sleep), ``status_panel`` (a live view of a server), ``lag_view`` (a live view of
+consumer groups' lag and the alerts), ``charts`` (worker counts, delivery timelines),
+``tables`` (dead letters), ``doctor`` (checks this machine).
 """
 
-from buslib.teaching.charts import WorkerCounts, delivery_timeline
+from buslib.teaching.charts import WorkerCounts, delivery_timeline, handling_order, late_events
 from buslib.teaching.helpers import expect_error, timed, wait_until
+from buslib.teaching.lag_view import LagView, lag_view
 from buslib.teaching.status_panel import StatusPanel, status_panel
 from buslib.teaching.tables import DeadLetterTable, dead_letter_table
 
 __all__ = [
     "DeadLetterTable",
+    "LagView",
     "StatusPanel",
     "WorkerCounts",
     "dead_letter_table",
     "delivery_timeline",
     "expect_error",
+    "handling_order",
+    "lag_view",
+    "late_events",
     "status_panel",
     "timed",
     "wait_until",
