@@ -18,6 +18,8 @@ BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus
             tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py \
             tests/test_partitions.py tests/test_retention.py tests/test_concurrency.py tests/test_outbox.py \
             tests/test_lag.py tests/test_bus_fuzz.py
+# Workshop isolation and credentials, proven again on the oldest server (accounts, imports, limits).
+WORKSHOP_TESTS = tests/test_workshop_isolation.py tests/test_workshop_auth.py
 LOWEST   := .venv-lowest
 # make soak: what runs RUNS times (the lessons, the exercise solutions, the bus and server tests)
 RUNS     ?= 10
@@ -64,9 +66,9 @@ test: lint $(LOWEST)/.installed  ## lint, every test (browser and notebooks incl
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
 	@# --- contracts: the CI gate, fails when a contract changed incompatibly with contracts/ ---
 	$(BIN)/buslib contracts check
-	@# --- the bus again on nats-server 2.11, the oldest a learner's wheel brings (fallback paths) ---
+	@# --- the bus and workshop isolation again on nats-server 2.11, the oldest a learner's wheel brings ---
 	$(BIN)/python tests/old_server.py > $(VENV)/.server-2.11-path
-	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) -q $(PYTEST_ARGS)
+	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) $(WORKSHOP_TESTS) -q $(PYTEST_ARGS)
 	@# --- the bus again with nats-py's public API only (no fast paths), as on a nats-py without the hooks ---
 	BUSLIB_FAST_PATHS=0 $(BIN)/python -m pytest $(BUS_TESTS) tests/test_dlq.py -q $(PYTEST_ARGS)
 	@# --- the bus again on the lowest nats-py and pydantic that pyproject.toml allows ---

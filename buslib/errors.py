@@ -10,6 +10,7 @@ rest says what was expected and what to try next. Catch ``BusError`` for all of 
     BusError
     ├── ServerError            the embedded nats-server: not found, not started, not stopped
     ├── ConnectError           no connection: unreachable, malformed URL, no JetStream
+    │   └── CredentialsError   the server refused the URL's user/password, or they are not a learner's
     ├── ConfigDriftError       a stream or consumer exists with other settings
     ├── PublishError           an event was not stored
     │   ├── PublishManyError   some events of a publish_many call were not stored
@@ -20,7 +21,8 @@ rest says what was expected and what to try next. Catch ``BusError`` for all of 
     ├── DecodeError            a message cannot become the expected event
     ├── FilterError            a dead-letter filter cannot be understood (also a ValueError)
     ├── OutboxError            the transactional outbox was used outside a transaction, or twice
-    └── DeadLetterNotFound     no such dead-letter entry or stream (also a LookupError)
+    ├── DeadLetterNotFound     no such dead-letter entry or stream (also a LookupError)
+    └── WorkshopError          a workshop room cannot be created, served or read
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "BusError",
     "ServerError",
     "ConnectError",
+    "CredentialsError",
     "ConfigDriftError",
     "PublishError",
     "PublishManyError",
@@ -45,6 +48,7 @@ __all__ = [
     "FilterError",
     "OutboxError",
     "DeadLetterNotFound",
+    "WorkshopError",
 ]
 
 
@@ -58,6 +62,10 @@ class ServerError(BusError):
 
 class ConnectError(BusError):
     """No connection to a NATS server (unreachable, malformed URL, no JetStream)."""
+
+
+class CredentialsError(ConnectError):
+    """The server refused the user and password in the URL, or they belong to an account a learner must not use."""
 
 
 class ConfigDriftError(BusError):
@@ -140,3 +148,7 @@ class OutboxError(BusError):
 
 class DeadLetterNotFound(BusError, LookupError):
     """No dead-letter entry has the asked-for id (or the dead-letter stream does not exist)."""
+
+
+class WorkshopError(BusError):
+    """A workshop room cannot be created, served or read (bad settings, expired, files missing or damaged)."""

@@ -16,7 +16,8 @@ How an outcome looks (a coloured box, plain text, JSON) is :mod:`buslib.exercise
 ``check()`` is synchronous: it runs the checks on a fresh connection in a worker thread, so
 it behaves the same in JupyterLab, under nbval, in ``buslib progress`` and in plain
 Python, never touches the kernel's event loop, and needs no ``await``. Every check's
-outcome is also published as ``application/vnd.buslib.check+json`` so tools can collect it.
+outcome is also published as ``application/vnd.buslib.check+json`` so tools can collect it,
+and on a workshop server it is recorded for the instructor (:mod:`buslib.exercises.recording`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from buslib.exercises.feedback import MIME_TYPE, Feedback, Outcome, Status, show
+from buslib.exercises.recording import record_check
 from buslib.teaching.helpers import wait_until
 
 __all__ = [
@@ -116,9 +119,14 @@ class Fail(Exception):
 
 
 class Context:
-    """What checks share while one question is checked: a lazily opened connection."""
+    """What checks share while one question is checked: a lazily opened connection.
 
-    def __init__(self) -> None:
+    Args:
+        url: the server to check against; ``None`` means ``NATS_URL`` or the embedded server.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url
         self._nc: Any = None
 
     async def nc(self) -> Any:
@@ -126,7 +134,12 @@ class Context:
         if self._nc is None:
             from buslib.connection import connect
 
-            self._nc = await connect(name="buslib-exercise-check")
+            self._nc = await connect(self.url, name="buslib-exercise-check")
+        return self._nc
+
+    @property
+    def opened(self) -> Any:
+        """The connection if a check opened one, else None."""
         return self._nc
 
     async def js(self) -> Any:
@@ -258,8 +271,25 @@ class Question:
         return f"<Question {self.exercise}/{self.id} {self.title!r}: try .check(), .hint(), .solution()>"
 
     # -- running the checks -------------------------------------------------------------
-    async def outcome_async(self, namespace: Mapping[str, Any]) -> Outcome:
-        """Run the checks against ``namespace`` (the learner's variables) and return the outcome."""
+    async def outcome_async(self, namespace: Mapping[str, Any], *, url: str | None = None) -> Outcome:
+        """Run the checks against ``namespace`` (the learner's variables) and return the outcome.
+
+        Args:
+            namespace: the learner's variables.
+            url: the server to check against; ``None`` means ``NATS_URL`` or the embedded server.
+
+        On a workshop server the outcome is also recorded for the instructor (best effort).
+        """
+        ctx = Context(url)
+        started = time.perf_counter()
+        try:
+            outcome = await self._evaluate(namespace, ctx)
+            await record_check(ctx, outcome, seconds=time.perf_counter() - started)
+            return outcome
+        finally:
+            await ctx.close()
+
+    async def _evaluate(self, namespace: Mapping[str, Any], ctx: Context) -> Outcome:
         values: dict[str, Any] = {}
         missing = [name for name in self.uses if name not in namespace or is_placeholder(namespace[name])]
         if missing:
@@ -269,7 +299,6 @@ class Question:
             )
         for name in self.uses:
             values[name] = namespace[name]
-        ctx = Context()
         try:
             for check in self.checks(**values):
                 await check.verify(ctx)
@@ -281,8 +310,6 @@ class Question:
             if isinstance(err, ConnectError):
                 return self._outcome(Status.ERROR, str(err))
             return self._outcome(Status.INCORRECT, f"Checking your answer raised {type(err).__name__}: {err}")
-        finally:
-            await ctx.close()
         return self._outcome(Status.CORRECT, "Well done.")
 
     def outcome(self, namespace: Mapping[str, Any] | None = None) -> Outcome:
