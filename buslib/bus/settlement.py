@@ -140,7 +140,7 @@ class Settlement:
         handler_timeout: seconds a handler may run before it is cancelled and retried.
         ack_timers: the ack timeout of delivery 1, 2, ... (the last repeats).
         ack: how to acknowledge (the subscription passes the fast path).
-        after_handler: called after each handler finishes (the pull loop follows handler speed).
+        after_handler: called after the first handler and every 16th (the pull loop follows handler speed).
 
     Attributes:
         stats: the counters; in_flight: deliveries whose handler runs now;
@@ -235,59 +235,58 @@ class Settlement:
             except Exception as err:  # any failure to decode: the message can never succeed as it is
                 await self.dead_letter(ctx, "undecodable", _decode_failure(err))
                 return
-            if await self._handle(event, ctx, delivery, seq):
-                if await self.settle(self._ack(msg)):
-                    self.stats.acked += 1
-                    self._first_failure.pop(seq, None)
-        finally:
-            tracing.exit_span(token)
-
-    async def _handle(self, event: Any, ctx: MessageContext, delivery: Delivery, seq: int) -> bool:
-        """Run the handler; settle a failure here. True: it succeeded, ack the message."""
-        self.in_flight.add(delivery)
-        started = delivery.started = time.monotonic()
-        try:
+            self.in_flight.add(delivery)
             try:
                 await self.handler(event, ctx)
+                if delivery.timed_out:  # the handler swallowed the cancellation and finished anyway
+                    _uncancel()
             except asyncio.CancelledError:
                 if not delivery.timed_out:
                     raise  # stop() or shutdown: not ours to swallow
                 _uncancel()
-                raise _handler_timed_out(self.handler_timeout) from None
-            if delivery.timed_out:  # the handler swallowed the cancellation and finished anyway
-                _uncancel()
-            return True
-        except Reject as err:
-            await self.dead_letter(ctx, "rejected", err.reason)
-        except Exception as err:
-            reason = f"{type(err).__name__}: {err}"
-            self._first_failure.setdefault(seq, datetime.now(timezone.utc))
-            if len(self._first_failure) > 10_000:  # bounded memory: forget the oldest
-                self._first_failure.pop(next(iter(self._first_failure)))
-            if self.retry.exhausted(ctx.num_delivered):
-                await self.dead_letter(ctx, "exhausted", reason)
-                return False
-            delay = self.retry.delay_for(ctx.num_delivered)
-            log.info(
-                "%s: handler failed on %s seq %d delivery %d (%s); retry in %.2f s",
-                self.durable,
-                ctx.subject,
-                seq,
-                ctx.num_delivered,
-                reason,
-                delay,
-            )
-            self.stats.retried += 1
-            await self.settle(ctx.msg.nak(delay=delay))
+                await self._failed(ctx, _handler_timed_out(self.handler_timeout))
+                return
+            except Exception as err:
+                await self._failed(ctx, err)
+                return
+            finally:  # inline, not a method: this runs for every message
+                self.in_flight.discard(delivery)
+                elapsed = time.monotonic() - now
+                avg = self.avg_handler_s
+                self.avg_handler_s = elapsed if avg is None else avg * 0.9 + elapsed * 0.1
+                self.handled += 1
+                if self.after_handler is not None and (self.handled == 1 or not self.handled % 16):
+                    self.after_handler()  # the pull loop follows handler speed, checked now and then
+            if await self.settle(self._ack(msg)):
+                self.stats.acked += 1
+                self._first_failure.pop(seq, None)
         finally:
-            self.in_flight.discard(delivery)
-            elapsed = time.monotonic() - started
-            avg = self.avg_handler_s
-            self.avg_handler_s = elapsed if avg is None else avg * 0.9 + elapsed * 0.1
-            self.handled += 1
-            if self.after_handler is not None:
-                self.after_handler()
-        return False
+            tracing.exit_span(token)
+
+    async def _failed(self, ctx: MessageContext, err: Exception) -> None:
+        """A handler failed: dead-letter a rejection or the last delivery, else retry later."""
+        if isinstance(err, Reject):
+            await self.dead_letter(ctx, "rejected", err.reason)
+            return
+        reason = f"{type(err).__name__}: {err}"
+        self._first_failure.setdefault(ctx.stream_seq, datetime.now(timezone.utc))
+        if len(self._first_failure) > 10_000:  # bounded memory: forget the oldest
+            self._first_failure.pop(next(iter(self._first_failure)))
+        if self.retry.exhausted(ctx.num_delivered):
+            await self.dead_letter(ctx, "exhausted", reason)
+            return
+        delay = self.retry.delay_for(ctx.num_delivered)
+        log.info(
+            "%s: handler failed on %s seq %d delivery %d (%s); retry in %.2f s",
+            self.durable,
+            ctx.subject,
+            ctx.stream_seq,
+            ctx.num_delivered,
+            reason,
+            delay,
+        )
+        self.stats.retried += 1
+        await self.settle(ctx.msg.nak(delay=delay))
 
     async def settle(self, action: Awaitable[None]) -> bool:
         """Send an ack verb; False (and a warning) if it could not be sent."""
