@@ -47,11 +47,15 @@ PENDING_MESSAGES = "Nats-Pending-Messages"  # how much of a pull request was lef
 class ErrorCode(IntEnum):
     """JetStream API error codes (``err_code`` of an ``APIError``) the kit reacts to."""
 
+    NO_SUITABLE_PEERS = 10005  # a cluster has too few nodes for the replicas asked for
+    JETSTREAM_UNAVAILABLE = 10008  # a cluster without a meta leader (most nodes down): "temporarily unavailable"
     CONSUMER_NOT_FOUND = 10014
     STREAM_NAME_IN_USE = 10058  # a stream of that name exists with another configuration
     STREAM_NOT_FOUND = 10059
     SUBJECTS_OVERLAP = 10065  # the subjects overlap those of an existing stream
     STREAM_WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not match
+    REPLICAS_NOT_SUPPORTED = 10074  # replicas > 1 on a server that is not part of a cluster
+    DUPLICATE_IN_PROCESS = 10158  # the same Nats-Msg-Id is still being replicated (a retry came early)
 
 
 def pull_subject(stream: str, consumer: str) -> str:

@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from nats.aio.client import Client
@@ -60,7 +60,9 @@ from nats.js.api import PubAck, StorageType, StreamInfo
 
 from buslib._nats import fastpath
 from buslib._nats.info import api_level
+from buslib.bus.attempts import PUBLISH_DEADLINE
 from buslib.bus.consumer import ConsumerSpec
+from buslib.bus.options import BUS_OPTIONS, Connecting, check_bus_options
 from buslib.bus.publisher import Publisher
 from buslib.bus.settlement import HANDLER_TIMEOUT, Handler, Settlement
 from buslib.bus.streams import DUPLICATE_WINDOW, StreamDirectory, subject_of
@@ -76,36 +78,6 @@ __all__ = ["EventBus"]
 
 log = logging.getLogger("buslib")
 
-_BUS_OPTIONS = ("auto_create_streams", "publish_timeout", "publish_attempts")
-
-
-class _Connecting:
-    """``EventBus.connect(...)``: await it, or use it with ``async with``."""
-
-    def __init__(self, factory: Callable[[], Awaitable[EventBus]]) -> None:
-        self._factory = factory
-        self._bus: EventBus | None = None
-
-    def __await__(self) -> Generator[Any, None, EventBus]:
-        return self._factory().__await__()
-
-    async def __aenter__(self) -> EventBus:
-        self._bus = await self._factory()
-        return self._bus
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._bus is not None:
-            await self._bus.close()
-
-
-def _check_bus_options(service: object, *, publish_timeout: float = 2.0, publish_attempts: int = 5, **_: Any) -> None:
-    if not isinstance(service, str) or not service.strip():
-        raise ValueError(f"service must be a non-empty name such as 'billing', got {service!r}.")
-    if publish_attempts < 1 or publish_timeout <= 0:
-        raise ValueError(
-            f"publish_attempts must be >= 1 and publish_timeout > 0 seconds, got {publish_attempts} and {publish_timeout}."
-        )
-
 
 class EventBus:
     """Typed events over JetStream for one service.
@@ -115,8 +87,12 @@ class EventBus:
         service: this service's name (CloudEvents ``source``, the connection name).
         auto_create_streams: create the conventional stream on the first publish to a
             subject no stream covers; if False, such a publish raises ``PublishError``.
-        publish_timeout: seconds to wait for each publish acknowledgement.
-        publish_attempts: tries per publish (same ``Nats-Msg-Id``) before giving up.
+        publish_timeout: seconds each try of a publish waits for its acknowledgement.
+        publish_deadline: seconds within which a publish keeps trying (same ``Nats-Msg-Id``,
+            so it is stored once) before it raises ``PublishError``; 15 by default, longer
+            than a cluster's leader election (4-12 s). None: no limit by time.
+        publish_attempts: at most this many tries per publish; None (the default): as many as
+            fit in ``publish_deadline``.
         owns_connection: ``close()`` also drains and closes ``nc`` (set by ``connect``).
 
     Attributes:
@@ -132,22 +108,33 @@ class EventBus:
         service: str,
         auto_create_streams: bool = True,
         publish_timeout: float = 2.0,
-        publish_attempts: int = 5,
+        publish_deadline: float | None = PUBLISH_DEADLINE,
+        publish_attempts: int | None = None,
         owns_connection: bool = False,
     ) -> None:
-        _check_bus_options(service, publish_timeout=publish_timeout, publish_attempts=publish_attempts)
+        check_bus_options(
+            service,
+            publish_timeout=publish_timeout,
+            publish_deadline=publish_deadline,
+            publish_attempts=publish_attempts,
+        )
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self.streams = StreamDirectory(nc, auto_create=auto_create_streams)
         self.publisher = Publisher(
-            nc, self.streams, service=service, publish_timeout=publish_timeout, publish_attempts=publish_attempts
+            nc,
+            self.streams,
+            service=service,
+            publish_timeout=publish_timeout,
+            publish_deadline=publish_deadline,
+            publish_attempts=publish_attempts,
         )
         self._owns_connection = owns_connection
         self._subscriptions: set[Subscription] = set()
 
     @classmethod
-    def connect(cls, *, service: str, url: str | list[str] | None = None, **options: Any) -> _Connecting:
+    def connect(cls, *, service: str, url: str | list[str] | None = None, **options: Any) -> Connecting[EventBus]:
         """Connect to NATS (fail fast, reconnect with backoff) and return a bus.
 
         Use ``async with EventBus.connect(service="billing") as bus:`` or
@@ -155,16 +142,16 @@ class EventBus:
 
         Args:
             service: this service's name.
-            url: the server (or several, for a cluster); default ``buslib.ensure_server()``
-                (``NATS_URL`` or embedded).
+            url: the server, or a cluster's servers (a list, or comma-separated like
+                ``NATS_URL``); default ``buslib.ensure_server()`` (``NATS_URL`` or embedded).
             **options: ``EventBus`` options (``auto_create_streams``, ``publish_timeout``,
-                ``publish_attempts``); anything else goes to ``buslib.connect``.
+                ``publish_deadline``, ``publish_attempts``); anything else goes to ``buslib.connect``.
 
         Raises:
             ConnectError: no server answered (the message says what to try).
         """
-        bus_options = {k: options.pop(k) for k in list(options) if k in _BUS_OPTIONS}
-        _check_bus_options(service, **bus_options)  # before connecting: nothing to clean up
+        bus_options = {k: options.pop(k) for k in list(options) if k in BUS_OPTIONS}
+        check_bus_options(service, **bus_options)  # before connecting: nothing to clean up
 
         async def factory() -> EventBus:
             holder: list[EventBus] = []
@@ -182,7 +169,7 @@ class EventBus:
             holder.append(bus)
             return bus
 
-        return _Connecting(factory)
+        return Connecting(factory)
 
     async def __aenter__(self) -> EventBus:
         return self
@@ -203,12 +190,16 @@ class EventBus:
         return self.publisher.publish_timeout
 
     @property
-    def publish_attempts(self) -> int:
+    def publish_deadline(self) -> float | None:
+        return self.publisher.publish_deadline
+
+    @property
+    def publish_attempts(self) -> int | None:
         return self.publisher.publish_attempts
 
     @property
     def publish_retries(self) -> int:
-        """Publishes repeated after a timeout or a reconnect (same id: stored once)."""
+        """Publishes repeated after a timeout, a reconnect or an election (same id: stored once)."""
         return self.publisher.retries
 
     async def api_level(self) -> int:
@@ -244,6 +235,7 @@ class EventBus:
         subjects: list[str] | None = None,
         storage: StorageType = StorageType.FILE,
         duplicate_window: float = DUPLICATE_WINDOW,
+        replicas: int | None = None,
         **overrides: Any,
     ) -> StreamInfo:
         """Create the stream for an event type or subject, or check the existing one.
@@ -254,6 +246,9 @@ class EventBus:
         Args:
             target: an ``Event`` subclass or a subject.
             name / subjects / storage / duplicate_window: override the convention.
+            replicas: on a cluster, how many nodes keep a copy (``num_replicas``; 3 survives
+                the loss of one node). None: the server's default (1) for a new stream, and
+                an existing stream's count is not checked.
             **overrides: other ``StreamConfig`` fields (``max_msgs=5``, ``discard=...``).
 
         Returns:
@@ -262,10 +257,17 @@ class EventBus:
         Raises:
             ConfigDriftError: the stream exists with different settings (says which).
             SubjectError: the subject is not valid.
-            BusError: the server refused the stream (e.g. subjects overlap another stream).
+            BusError: the server refused the stream (e.g. subjects overlap another stream, or
+                more replicas than the cluster has nodes).
         """
         return await self.streams.ensure(
-            target, name=name, subjects=subjects, storage=storage, duplicate_window=duplicate_window, **overrides
+            target,
+            name=name,
+            subjects=subjects,
+            storage=storage,
+            duplicate_window=duplicate_window,
+            replicas=replicas,
+            **overrides,
         )
 
     # -- publishing -------------------------------------------------------------------
@@ -274,7 +276,7 @@ class EventBus:
 
         Raises:
             TypeError: ``event`` is not an ``Event``.
-            PublishError: not stored after ``publish_attempts`` tries, or refused.
+            PublishError: not confirmed within ``publish_deadline``, or refused.
         """
         return await self.publisher.publish(event)
 

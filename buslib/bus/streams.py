@@ -68,6 +68,7 @@ class StreamDirectory:
         subjects: list[str] | None = None,
         storage: StorageType = StorageType.FILE,
         duplicate_window: float = DUPLICATE_WINDOW,
+        replicas: int | None = None,
         **overrides: Any,
     ) -> StreamInfo:
         """Create the stream for an event type or subject, or check the existing one.
@@ -85,6 +86,10 @@ class StreamDirectory:
         unknown = set(overrides) - set(StreamConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Unknown stream settings: {', '.join(sorted(unknown))}. See nats.js.api.StreamConfig.")
+        if replicas is not None:
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 5:
+                raise ValueError(f"replicas is how many nodes keep a copy, 1 to 5 (3 is usual), got {replicas!r}.")
+            overrides["num_replicas"] = replicas
         wanted: dict[str, Any] = {
             "name": name,
             "subjects": subjects,
@@ -114,9 +119,18 @@ class StreamDirectory:
             config.allow_batched = True  # lets publish_many use fast-ingest batches
         try:
             info = await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError as err:
+        except nats.js.errors.APIError as err:
             if err.err_code == ErrorCode.STREAM_NAME_IN_USE:  # created meanwhile by another instance
                 return await self.js.stream_info(config.name or "")
+            if err.err_code in (ErrorCode.REPLICAS_NOT_SUPPORTED, ErrorCode.NO_SUITABLE_PEERS):
+                raise BusError(
+                    f"Stream {config.name!r} cannot have {config.num_replicas} replicas here: {err.description} "
+                    f"(error {err.err_code}). Each replica lives on its own server, so replicas={config.num_replicas} "
+                    f"needs a cluster of at least {config.num_replicas} nodes (buslib.EmbeddedCluster, or "
+                    "`buslib server --cluster 3`); a single server keeps replicas=1."
+                ) from None
+            if not isinstance(err, nats.js.errors.BadRequestError):
+                raise
             raise BusError(
                 f"The server refused to create stream {config.name!r} with subjects {config.subjects}: "
                 f"{err.description} (error {err.err_code}). If another stream already covers these subjects, "
