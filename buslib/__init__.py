@@ -8,7 +8,7 @@ The package, bottom to top (each layer imports only from layers below it):
 
 - base modules: ``errors`` (every exception), ``events`` (typed events), ``subjects``,
   ``retry`` (policies and the one backoff formula), ``tracing`` (W3C traceparent);
-- ``server/``: real nats-servers, nothing left behind; ``_nats/``: the one place that
+- ``server/``: real nats-servers (one, or a cluster), nothing left behind; ``_nats/``: the one place that
   touches nats-py's internals; ``connection``: which server, fail-fast connect;
 - ``contracts/``: versions, schemas, the wire codec, compatibility, the registry;
 - ``bus/``: the EventBus, streams, publishing, consumer groups, settlement;
@@ -33,7 +33,7 @@ from buslib.errors import (
 )
 from buslib.events import Event, event_types, lookup_event_type
 from buslib.retry import Failure, Reject, Retry
-from buslib.server import EmbeddedServer, find_server_binary
+from buslib.server import EmbeddedCluster, EmbeddedServer, find_server_binary
 
 __all__ = [
     "BusError",
@@ -44,6 +44,7 @@ __all__ = [
     "DeadLetterFilter",
     "DeadLetterQueue",
     "DecodeError",
+    "EmbeddedCluster",
     "EmbeddedServer",
     "Event",
     "EventBus",
