@@ -108,7 +108,7 @@ class ClusterNode(EmbeddedServer):
 
     def streams(self, account: str = "$G") -> list[dict[str, Any]]:
         """The streams this node holds a copy of, as ``/jsz`` describes them (with their consumers)."""
-        info = self.jsz(f"?acc={account}&streams=true&consumers=true") or {}
+        info = self.jsz(f"?acc={account}&streams=true&consumers=true&config=true") or {}
         return [detail for acc in info.get("account_details") or [] for detail in acc.get("stream_detail") or []]
 
     def healthy(self) -> bool:
