@@ -17,6 +17,8 @@ NOTEBOOKS = $(wildcard notebooks/*.ipynb exercises/solutions/*.ipynb)
 BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus_failures.py \
             tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py
 LOWEST   := .venv-lowest
+# EmbeddedCluster and the bus on a cluster: run again on nats-server 2.11 as well.
+CLUSTER_TESTS = tests/test_cluster.py tests/test_cluster_bus.py
 # Jupyter refuses to run as root unless told; only say so when we are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -58,9 +60,9 @@ test: lint $(LOWEST)/.installed  ## lint, every test (browser and notebooks incl
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
 	@# --- contracts: the CI gate, fails when a contract changed incompatibly with contracts/ ---
 	$(BIN)/buslib contracts check
-	@# --- the bus again on nats-server 2.11, the oldest a learner's wheel brings (fallback paths) ---
+	@# --- the bus (and the cluster, lesson 06) again on nats-server 2.11, the oldest a learner's wheel brings ---
 	$(BIN)/python tests/old_server.py > $(VENV)/.server-2.11-path
-	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) -q $(PYTEST_ARGS)
+	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) $(CLUSTER_TESTS) -q $(PYTEST_ARGS)
 	@# --- the bus again with nats-py's public API only (no fast paths), as on a nats-py without the hooks ---
 	BUSLIB_FAST_PATHS=0 $(BIN)/python -m pytest $(BUS_TESTS) tests/test_dlq.py -q $(PYTEST_ARGS)
 	@# --- the bus again on the lowest nats-py and pydantic that pyproject.toml allows ---

@@ -84,6 +84,7 @@ async def test_a_crashed_leader_is_replaced_and_comes_back_on_its_ports_caught_u
         assert cluster.node(old).url == url and old in cluster.running()
         every_copy = {"n0": 51, "n1": 51, "n2": 51}  # each node's own copy, with what it missed
         await wait_until(lambda: cluster.stored("CRASH") == every_copy, what="the restarted node caught up")
+        assert await cluster.move_leader("CRASH", old, timeout=30) == old  # and it can lead again
         assert [h[1:] for h in cluster.history] == [("crash", old), ("restart", old)]
 
 
@@ -106,6 +107,13 @@ async def test_a_graceful_stop_hands_the_leadership_over_and_move_leader_places_
             cluster.node("n7")
         assert cluster.node(1) is cluster.nodes[1] and cluster.node("n2") is cluster.nodes[2]
         assert cluster.leader_of("NO_SUCH_STREAM") is None
+        await bus.ensure_stream("alone.placed", replicas=1)
+        home = await cluster.wait_for_leader("ALONE")
+        elsewhere = next(name for name in cluster.names if name != home)
+        with pytest.raises(
+            ServerError, match=f"Cannot move the leader of stream ALONE to {elsewhere}: {elsewhere} holds no copy"
+        ):
+            await cluster.move_leader("ALONE", elsewhere)
 
 
 def _event(bus: EventBus, n: int):
@@ -210,4 +218,41 @@ async def test_urls_and_the_comma_form_connect_with_buslib_and_nats_py():
             await nc.close()
         nc = await nats.connect(servers=cluster.urls)
         await wait_until(lambda: nc.is_connected)
+        await nc.close()
+
+
+def test_every_place_that_takes_a_url_takes_the_clusters_comma_separated_nats_url(monkeypatch):
+    """NATS_URL=a,b,c (what `buslib server --cluster 3` prints): connect, EventBus, doctor and dlq use it."""
+    import os
+
+    from buslib.connection import ensure_server
+    from buslib.teaching.doctor import check_bus
+
+    with EmbeddedCluster() as cluster:
+        monkeypatch.setenv("NATS_URL", cluster.url)
+        assert ensure_server() == cluster.url
+
+        async def use_it() -> int:
+            nc = await buslib.connect()
+            await nc.close()
+            async with EventBus.connect(service="everywhere") as bus:
+                await bus.ensure_stream("everywhere.placed", replicas=3)
+                return (await bus.js.publish("everywhere.placed", b"x")).seq
+
+        assert asyncio.run(use_it()) == 1
+        finding = check_bus(cluster.url)
+        assert finding.ok and "connected to" in finding.detail
+        env = {**os.environ, "NATS_URL": cluster.url}
+        listed = subprocess.run([sys.executable, "-m", "buslib", "dlq", "ls"], env=env, capture_output=True, text=True)
+        assert "there is no dead-letter stream DEAD_LETTERS on nats://127.0.0.1:" in listed.stderr  # it got there
+
+
+async def test_connecting_to_a_cluster_that_lost_its_majority_works_and_is_not_called_jetstream_off():
+    async with EmbeddedCluster() as cluster:
+        keep = cluster.meta_leader()
+        for name in cluster.names:
+            if name != keep:
+                cluster.crash(name)
+        nc = await buslib.connect(cluster.urls)  # JetStream is on, just not answering until a majority is back
+        assert nc.is_connected
         await nc.close()

@@ -225,7 +225,7 @@ async def test_losing_two_of_three_nodes_fails_at_the_deadline_and_loses_nothing
         await cluster.move_leader(stream, survivor)
         lost = [cluster.crash(name) for name in cluster.names if name != survivor]
         assert len(lost) == 2
-        impatient = EventBus(bus.nc, service="shop", publish_deadline=1.0)
+        impatient = await EventBus.connect(service="shop", url=cluster.node(survivor).url, publish_deadline=1.0)
         late = Order(order_id="during")
         with pytest.raises(PublishError) as caught:
             await impatient.publish(late)
@@ -242,4 +242,5 @@ async def test_losing_two_of_three_nodes_fails_at_the_deadline_and_loses_nothing
         ids = await stored_ids(bus.js, stream)
         assert {e.id for e in before} <= set(ids)  # every acknowledged event survived
         assert ids[late.id] == 1 and max(ids.values()) == 1
+        await impatient.close()
         await cluster.ready()

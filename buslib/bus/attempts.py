@@ -109,9 +109,14 @@ class Attempts:
         """Seconds this try may wait: ``timeout``, cut to what is left of the deadline."""
         return max(SHORTEST_TRY, min(self.per_try, self._left()))
 
-    def saw(self, what: object) -> None:
-        """Note what a try got instead of an acknowledgement (None: no answer at all)."""
-        self.seen[_kind(what)] += 1
+    def saw(self, what: object, *, connected: bool = True) -> None:
+        """Note what a try got instead of an acknowledgement (None: no answer at all).
+
+        Args:
+            connected: whether the client was connected when the try failed (a timeout while
+                disconnected means the server was not reachable, not that it did not answer).
+        """
+        self.seen[_kind(what) + ("" if connected else " while disconnected")] += 1
 
     def summary(self) -> str:
         """What the tries got, e.g. ``12x NoStreamResponseError, 1x TimeoutError``."""
@@ -137,21 +142,34 @@ def _kind(what: object) -> str:
 
 
 def explain(seen: Counter[str] | dict[str, int]) -> str:
-    """Why tries that got these answers were not confirmed, and what that means for the message."""
+    """Why tries that got these answers were not confirmed, and what that means for the message.
+
+    One explanation per cause, the most telling first: a try that got "no responders" says
+    more than one that timed out around it (an election produces both).
+    """
+
+    def saw(*prefixes: str) -> bool:
+        return any(kind.startswith(prefixes) and not kind.endswith("while disconnected") for kind in seen)
+
     parts = []
-    if any(kind.startswith(("NoStreamResponseError", "NoRespondersError")) for kind in seen):
+    if any(kind.endswith("while disconnected") for kind in seen) or saw(
+        "ConnectionReconnectingError", "OutboundBufferLimitError"
+    ):
+        parts.append(
+            "The connection to the server was lost and not back in time: is the server up (buslib doctor)? "
+            "The client keeps reconnecting in the background."
+        )
+    if saw("NoStreamResponseError", "NoRespondersError"):
         parts.append(
             "No stream answered: is the server up (buslib doctor), does a stream cover the subject? In a cluster, "
             "the stream has no leader: an election takes seconds after a node crashes, and none can be elected "
             "while most of the stream's replicas are down."
         )
-    if any(kind.startswith(("TimeoutError", "no answer", "APIError 10158")) for kind in seen):
+    elif saw("TimeoutError", "no answer", "APIError 10158"):
         parts.append(
-            "No confirmation came back: the connection or the server is stuck, or, in a cluster, the stream's leader "
-            "cannot reach a majority of its replicas (most nodes down); what it accepted is stored once they are back."
+            "No confirmation came back: the server is stuck, or, in a cluster, the stream's leader cannot reach a "
+            "majority of its replicas (most nodes down); what it accepted is stored once they are back."
         )
-    if any(kind.startswith("ServiceUnavailableError") for kind in seen):
+    elif saw("ServiceUnavailableError"):
         parts.append("JetStream answered 503: in a cluster, a leader is being elected or most nodes are down.")
-    if any(kind.startswith(("ConnectionReconnectingError", "OutboundBufferLimitError")) for kind in seen):
-        parts.append("The connection to the server was lost and not back in time.")
     return " ".join(parts)

@@ -86,7 +86,7 @@ async def publish_many(
         except (asyncio.TimeoutError, nats.errors.Error) as err:  # nats.js.errors.APIError is one too
             if not retryable(err):
                 raise
-            attempts.saw(err)
+            attempts.saw(err, connected=sender.nc.is_connected)
             continue
         for i in todo:  # a slot still holds the last try's error: empty it, or this try's answer is ignored
             results[i] = None
@@ -101,7 +101,7 @@ async def publish_many(
             await send_windowed(sender, prepared, todo, results, window)
         todo = [i for i in todo if results[i] is None or retryable(results[i])]
         for kind in {type(results[i]) for i in todo}:  # what this try got, once per kind
-            attempts.saw(next(results[i] for i in todo if type(results[i]) is kind))
+            attempts.saw(next(results[i] for i in todo if type(results[i]) is kind), connected=sender.nc.is_connected)
         if not todo:
             break
     acks: list[PubAck | None] = [None] * len(events)

@@ -157,7 +157,7 @@ class Publisher:
             except (asyncio.TimeoutError, nats.errors.Error) as err:  # nats.js.errors.APIError is one too
                 if not retryable(err):
                     raise self._refused(headers[MSG_ID], subject, err) from None
-                attempts.saw(err)  # maybe stored anyway: the retry carries the same Nats-Msg-Id
+                attempts.saw(err, connected=self.nc.is_connected)  # maybe stored: the retry has the same id
         raise PublishError(
             f"The event {headers[MSG_ID]} on {subject!r} was not confirmed after {attempts.how_long()} "
             f"({attempts.summary()}). {attempts.explanation()} It may or may not be stored; publishing it again is "

@@ -30,8 +30,7 @@ How it works:
   that wait: after ``BOOTSTRAP_PATIENCE`` seconds the nodes are replaced, at most twice.
 - Who leads a stream or consumer comes from each node's ``/jsz``: the node that reports itself
   as leader. No client needed, so it works while clients reconnect.
-- Nothing left behind: every node is guarded by the owner's watchdog, like one EmbeddedServer:
-  if the owner dies, even by SIGKILL, every node is killed and its temporary folder removed.
+- Nothing left behind: the owner's watchdog guards every node, as for one EmbeddedServer.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from buslib.errors import ServerError
 from buslib.server.node import ClusterNode
@@ -161,6 +161,7 @@ class EmbeddedCluster:
             for node in self.nodes:
                 if not node.running:
                     node.start()
+                    self.history.append((time.time(), "restart", node.name))
             self.wait_ready()
             return self
         retries = BOOTSTRAP_RETRIES if self._store_root is None else 0
@@ -302,49 +303,49 @@ class EmbeddedCluster:
     async def move_leader(self, stream: str, to: NodeRef, *, consumer: str | None = None, timeout: float = 10.0) -> str:
         """Hand the leadership of ``stream`` (or its ``consumer``) to node ``to``, as an operator would.
 
-        Sends JetStream's leader stepdown request with ``to`` as the preferred node
-        (``nats stream cluster step-down --preferred``), then waits until it leads.
+        Sends JetStream's leader stepdown request with ``to`` as the preferred node (what
+        ``nats stream cluster step-down --preferred`` does) until ``to`` leads: a node that
+        just restarted is passed over until its copy is current.
 
         Raises:
-            ServerError: the server refused (``to`` holds no replica, or is not current), or
-                ``to`` did not take over within ``timeout`` seconds.
+            ServerError: ``to`` holds no copy, or did not take over within ``timeout`` seconds
+                (the message has the server's last answer).
         """
         import nats  # here: the rest of buslib.server needs no client
 
         target = self.node(to).name
-        if await asyncio.to_thread(self.leader_of, stream, consumer) == target:
-            return target
-        api = f"CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else f"STREAM.LEADER.STEPDOWN.{stream}"
         what = f"consumer {stream}/{consumer}" if consumer else f"stream {stream}"
-        nc = await nats.connect(
-            servers=[node.url for node in self._up()], connect_timeout=2, max_reconnect_attempts=1, error_cb=_quiet
-        )
+        if not any(detail.get("name") == stream for detail in self.node(target).streams()):
+            raise ServerError(f"Cannot move the leader of {what} to {target}: {target} holds no copy of {stream}.")
+        api = f"CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else f"STREAM.LEADER.STEPDOWN.{stream}"
+        request = json.dumps({"placement": {"preferred": target}}).encode()
+        deadline = time.monotonic() + timeout
+        nc = None
+        answer: dict[str, Any] = {}
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                reply = await nc.request(
-                    f"$JS.API.{api}", json.dumps({"placement": {"preferred": target}}).encode(), timeout=2
-                )
-                answer = json.loads(reply.data or b"{}")
-                if answer.get("success"):
-                    break
-                error = answer.get("error") or {}
-                if time.monotonic() > deadline or error.get("code") != 503:  # 503: no leader to ask yet
-                    raise ServerError(f"Could not move the leader of {what} to {target}: {error or answer}.")
-                await asyncio.sleep(0.1)
+            while (leader := await asyncio.to_thread(self.leader_of, stream, consumer)) != target:
+                if time.monotonic() > deadline:
+                    said = f"; the last answer: {answer['error']}" if answer.get("error") else ""
+                    raise ServerError(
+                        f"{target} did not take over {what} within {timeout:g} s (leader: {leader}{said})."
+                    )
+                if leader is not None:  # during an election there is nobody to ask
+                    if nc is None:
+                        servers = [node.url for node in self._up()]
+                        nc = await nats.connect(servers=servers, connect_timeout=2, error_cb=_quiet)
+                    # Refusals right after a change pass ("consumer not found" while its creation spreads,
+                    # 503 without a leader); the loop asks again until the deadline.
+                    reply = await nc.request(f"$JS.API.{api}", request, timeout=2)
+                    answer = json.loads(reply.data or b"{}")
+                await self._wait_leader(stream, consumer, target, min(deadline, time.monotonic() + 1.0))
         finally:
-            await nc.close()
-        return await self._wait_leader_is(stream, consumer, target, deadline)
-
-    async def _wait_leader_is(self, stream: str, consumer: str | None, target: str, deadline: float) -> str:
-        while await asyncio.to_thread(self.leader_of, stream, consumer) != target:
-            if time.monotonic() > deadline:
-                what = f"consumer {stream}/{consumer}" if consumer else f"stream {stream}"
-                raise ServerError(
-                    f"{target} did not take over {what} in time (leader: {self.leader_of(stream, consumer)})."
-                )
-            await asyncio.sleep(0.02)
+            if nc is not None:
+                await nc.close()
         return target
+
+    async def _wait_leader(self, stream: str, consumer: str | None, target: str, until: float) -> None:
+        while time.monotonic() < until and await asyncio.to_thread(self.leader_of, stream, consumer) != target:
+            await asyncio.sleep(0.02)
 
     # -- context managers -----------------------------------------------------------------
     def __enter__(self) -> EmbeddedCluster:
@@ -403,7 +404,9 @@ class EmbeddedCluster:
         """(the agreed meta leader, "") or (None, what is missing)."""
         for node in self.nodes:
             if node.down_since is None and not node.running:  # died by itself, e.g. its route port was taken
-                raise explain_failed_start(node.log_path.read_text(errors="replace"))
+                log = node.log_path.read_text(errors="replace")
+                if "[FTL]" in log:
+                    raise explain_failed_start(log)
         running = self._up()
         if not running:
             return None, "no node is running"

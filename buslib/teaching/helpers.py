@@ -177,11 +177,21 @@ async def stored_ids(js: Any, stream: str, *, batch: int = 1000, timeout: float 
                 messages = await pull.fetch(min(batch, total - sum(ids.values())), timeout=1.0)
             except asyncio.TimeoutError:  # nats-py's TimeoutError is one: nothing arrived in time, ask again
                 continue
+            except Exception as err:  # 503: the consumer's node is not ready yet (a cluster node restarting)
+                if not _unavailable(err):
+                    raise
+                await asyncio.sleep(0.2)
+                continue
             ids.update((msg.headers or {}).get("Nats-Msg-Id", "") for msg in messages)
     finally:
         await pull.unsubscribe()
+        try:
+            await js.delete_consumer(stream, consumer.name)  # else it lingers a few seconds
+        except Exception:  # gone already, or no leader to ask right now: it expires by itself
+            pass
     return ids
 
 
 def _unavailable(err: Exception) -> bool:
-    return getattr(err, "code", None) == 503  # nats.js.errors.ServiceUnavailableError and the like
+    # nats.js.errors.ServiceUnavailableError (a 503), which nats-py raises with code None for a pull
+    return getattr(err, "code", None) == 503 or type(err).__name__ == "ServiceUnavailableError"
