@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamInfo
@@ -118,7 +119,7 @@ class StreamDirectory:
         if batched and await api_level(self.nc) >= FAST_INGEST_API_LEVEL:
             config.allow_batched = True  # lets publish_many use fast-ingest batches
         try:
-            info = await self.js.add_stream(config)
+            info = await self._add(config)
         except nats.js.errors.APIError as err:
             if err.err_code == ErrorCode.STREAM_NAME_IN_USE:  # created meanwhile by another instance
                 return await self.js.stream_info(config.name or "")
@@ -138,6 +139,24 @@ class StreamDirectory:
             ) from None
         log.info("created stream %s %s", config.name, config.subjects)
         return info
+
+    async def _add(self, config: StreamConfig, attempts: int = 3) -> StreamInfo:
+        """``add_stream``, asked again when unanswered (the same config again is harmless).
+
+        On a cluster the answer comes once the new stream's replicas have elected their leader,
+        which a busy machine may not manage within nats-py's 5 s.
+        """
+        for attempt in range(attempts):
+            try:
+                return await self.js.add_stream(config)
+            except nats.errors.TimeoutError:
+                if attempt == attempts - 1:
+                    raise BusError(
+                        f"The server did not confirm creating stream {config.name!r} after {attempts} tries of 5 s. "
+                        "On a cluster: are most of its nodes up (a new stream needs a majority to elect its "
+                        "leader)? Check with `buslib doctor`, then try again: asking again is harmless."
+                    ) from None
+        raise AssertionError("unreachable")
 
     async def stream_for(self, subject: str) -> str:
         """The stream that stores ``subject`` (created on demand when allowed).

@@ -116,17 +116,24 @@ class Fail(Exception):
 
 
 class Context:
-    """What checks share while one question is checked: a lazily opened connection."""
+    """What checks share while one question is checked: a lazily opened connection.
 
-    def __init__(self) -> None:
+    Args:
+        server: returns the URL (or URLs) to check against; None: ``NATS_URL`` or the
+            embedded server. It may raise :class:`Fail` (e.g. "run the setup cell first").
+    """
+
+    def __init__(self, server: Callable[[], str | list[str] | None] | None = None) -> None:
         self._nc: Any = None
+        self._server = server
 
     async def nc(self) -> Any:
         """The connection (opened on first use with ``buslib.connect``)."""
         if self._nc is None:
             from buslib.connection import connect
 
-            self._nc = await connect(name="buslib-exercise-check")
+            url = self._server() if self._server is not None else None
+            self._nc = await connect(url, name="buslib-exercise-check")
         return self._nc
 
     async def js(self) -> Any:
@@ -232,6 +239,8 @@ class Question:
         hint: one hint, or several shown one at a time.
         solution: the solution code.
         exercise: the exercise id, e.g. ``"01"`` (set by :func:`buslib.exercises.load`).
+        server: where the checks look (see :class:`Context`); by default ``NATS_URL`` or
+            the embedded server. Exercise 06 checks the cluster its setup cell started.
     """
 
     def __init__(
@@ -244,6 +253,7 @@ class Question:
         hint: str | Sequence[str] = (),
         solution: str = "",
         exercise: str = "",
+        server: Callable[[], str | list[str] | None] | None = None,
     ) -> None:
         self.id = id
         self.title = title
@@ -252,6 +262,7 @@ class Question:
         self.hints = [hint] if isinstance(hint, str) else list(hint)
         self.solution_text = solution.strip("\n")
         self.exercise = exercise
+        self.server = server
         self._hints_shown = 0
 
     def __repr__(self) -> str:
@@ -269,7 +280,7 @@ class Question:
             )
         for name in self.uses:
             values[name] = namespace[name]
-        ctx = Context()
+        ctx = Context(self.server)
         try:
             for check in self.checks(**values):
                 await check.verify(ctx)
