@@ -15,15 +15,23 @@ NOTEBOOKS = $(wildcard notebooks/*.ipynb exercises/solutions/*.ipynb)
 # The bus's own tests, run again on nats-server 2.11, with the fast paths off, and on the
 # lowest nats-py that pyproject.toml allows (in a second venv).
 BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus_failures.py \
-            tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py
+            tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py \
+            tests/test_partitions.py tests/test_retention.py tests/test_concurrency.py tests/test_outbox.py \
+            tests/test_lag.py tests/test_bus_fuzz.py
+# Workshop isolation and credentials, proven again on the oldest server (accounts, imports, limits).
+WORKSHOP_TESTS = tests/test_workshop_isolation.py tests/test_workshop_auth.py
 LOWEST   := .venv-lowest
 # EmbeddedCluster and the bus on a cluster: run again on nats-server 2.11 as well.
 CLUSTER_TESTS = tests/test_cluster.py tests/test_cluster_bus.py
+# make soak: what runs RUNS times (the lessons, the exercise solutions, the bus and server tests)
+RUNS     ?= 10
+SOAK_TESTS = $(NOTEBOOKS) $(BUS_TESTS) tests/test_dlq.py tests/test_dlq_invariant.py \
+             tests/test_server.py tests/test_server_211.py tests/test_connection.py
 # Jupyter refuses to run as root unless told; only say so when we are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab test lint bench clean distclean
+.PHONY: help setup lab test lint soak bench clean distclean
 
 help:  ## show this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,9 +68,9 @@ test: lint $(LOWEST)/.installed  ## lint, every test (browser and notebooks incl
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
 	@# --- contracts: the CI gate, fails when a contract changed incompatibly with contracts/ ---
 	$(BIN)/buslib contracts check
-	@# --- the bus (and the cluster, lesson 06) again on nats-server 2.11, the oldest a learner's wheel brings ---
+	@# --- the bus, workshop isolation and the cluster (lesson 06) again on nats-server 2.11, the oldest a learner's wheel brings ---
 	$(BIN)/python tests/old_server.py > $(VENV)/.server-2.11-path
-	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) $(CLUSTER_TESTS) -q $(PYTEST_ARGS)
+	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) $(WORKSHOP_TESTS) $(CLUSTER_TESTS) -q $(PYTEST_ARGS)
 	@# --- the bus again with nats-py's public API only (no fast paths), as on a nats-py without the hooks ---
 	BUSLIB_FAST_PATHS=0 $(BIN)/python -m pytest $(BUS_TESTS) tests/test_dlq.py -q $(PYTEST_ARGS)
 	@# --- the bus again on the lowest nats-py and pydantic that pyproject.toml allows ---
@@ -73,6 +81,9 @@ lint: setup  ## ruff (lint and format), mypy, and the layers contract (no upward
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+
+soak: setup  ## run lessons, exercise solutions, bus and server tests RUNS=10 times; list what ever failed
+	$(BIN)/python scripts/soak.py --runs $(RUNS) $(SOAK_TESTS) $(if $(PYTEST_ARGS),--pytest-args='$(PYTEST_ARGS)')
 
 # A second venv with the lowest versions pyproject.toml allows, remade when it changes.
 $(LOWEST)/.installed: pyproject.toml tests/lowest_deps.py | $(BIN)/python

@@ -10,15 +10,19 @@ rest says what was expected and what to try next. Catch ``BusError`` for all of 
     BusError
     ├── ServerError            the embedded nats-server: not found, not started, not stopped
     ├── ConnectError           no connection: unreachable, malformed URL, no JetStream
+    │   └── CredentialsError   the server refused the URL's user/password, or they are not a learner's
     ├── ConfigDriftError       a stream or consumer exists with other settings
     ├── PublishError           an event was not stored
-    │   └── PublishManyError   some events of a publish_many call were not stored
+    │   ├── PublishManyError   some events of a publish_many call were not stored
+    │   └── ConcurrencyError   another writer published to the subject first (expected sequence)
     ├── SubjectError           a subject or group name is not valid (also a ValueError)
     ├── ContractError          a contract is invalid, unknown or incompatible
     │   └── IncompatibleContractError
     ├── DecodeError            a message cannot become the expected event
     ├── FilterError            a dead-letter filter cannot be understood (also a ValueError)
-    └── DeadLetterNotFound     no such dead-letter entry or stream (also a LookupError)
+    ├── OutboxError            the transactional outbox was used outside a transaction, or twice
+    ├── DeadLetterNotFound     no such dead-letter entry or stream (also a LookupError)
+    └── WorkshopError          a workshop room cannot be created, served or read
 """
 
 from __future__ import annotations
@@ -32,15 +36,19 @@ __all__ = [
     "BusError",
     "ServerError",
     "ConnectError",
+    "CredentialsError",
     "ConfigDriftError",
     "PublishError",
     "PublishManyError",
+    "ConcurrencyError",
     "SubjectError",
     "ContractError",
     "IncompatibleContractError",
     "DecodeError",
     "FilterError",
+    "OutboxError",
     "DeadLetterNotFound",
+    "WorkshopError",
 ]
 
 
@@ -54,6 +62,10 @@ class ServerError(BusError):
 
 class ConnectError(BusError):
     """No connection to a NATS server (unreachable, malformed URL, no JetStream)."""
+
+
+class CredentialsError(ConnectError):
+    """The server refused the user and password in the URL, or they belong to an account a learner must not use."""
 
 
 class ConfigDriftError(BusError):
@@ -90,6 +102,26 @@ class PublishManyError(PublishError):
         self.acks = acks
 
 
+class ConcurrencyError(PublishError):
+    """Optimistic concurrency: the subject's last sequence is not the one this publish expected.
+
+    Raised by ``bus.publish(event, expect_last_subject_seq=n)`` when another writer stored a
+    message on the event's subject after sequence ``n`` (JetStream error 10071). Nothing was
+    stored: read the current state again, decide again, publish with the new sequence.
+
+    Attributes:
+        subject: the subject the event was published on.
+        expected: the sequence this publish expected to be the subject's last.
+        actual: the subject's last sequence according to the server (None if it did not say).
+    """
+
+    def __init__(self, message: str, *, subject: str, expected: int, actual: int | None) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+
+
 class SubjectError(BusError, ValueError):
     """A subject or group name is not valid for NATS."""
 
@@ -118,5 +150,13 @@ class FilterError(BusError, ValueError):
     """A dead-letter filter (subject, reason, time, group) cannot be understood."""
 
 
+class OutboxError(BusError):
+    """The transactional outbox was used in a way that would break its promise (outside a transaction)."""
+
+
 class DeadLetterNotFound(BusError, LookupError):
     """No dead-letter entry has the asked-for id (or the dead-letter stream does not exist)."""
+
+
+class WorkshopError(BusError):
+    """A workshop room cannot be created, served or read (bad settings, expired, files missing or damaged)."""

@@ -17,6 +17,17 @@ a producer may add optional fields without breaking anyone (see lesson 05).
 
 The type name and major version give the subject, ``<type>.v<version>``: a breaking
 change gets a new version and so a new subject that can run side by side with the old.
+
+A *keyed* event names one of its fields as its key (``key="customer_id"``): it is published
+on its subject plus the key (``orders.placed.v1.C-1``), so the stream keeps each key's events
+under a subject of their own. That is what per-key order, partitions
+(``bus.ensure_stream(OrderPlaced, partitions=4)``), per-key limits (``max_msgs_per_subject``)
+and "the latest event of each key" (``deliver="last_per_subject"``) build on (lesson 07).
+
+>>> class OrderPlaced(Event, type="orders.placed", key="customer_id"):
+...     customer_id: str
+>>> OrderPlaced.subject(), OrderPlaced.subject_for("C-1")
+('orders.placed.v1', 'orders.placed.v1.C-1')
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from buslib.errors import ContractError
+from buslib.subjects import key_token
 
 __all__ = ["Event", "event_types", "lookup_event_type"]
 
@@ -55,18 +67,22 @@ class Event(BaseModel):
     Class attributes set for you:
         event_type: the type name, e.g. ``"orders.created"`` (default: from the class name).
         event_version: the major version (default 1).
+        event_key: the field whose value ends the subject (``key="customer_id"``), or None.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     event_type: ClassVar[str] = ""
     event_version: ClassVar[int] = 1
+    event_key: ClassVar[str | None] = None
 
     id: str = Field(default_factory=_new_id, description="Unique id; used as Nats-Msg-Id for dedup.")
     version: int = Field(default=1, ge=1, description="Major version of the contract that wrote this event.")
     occurred_at: datetime = Field(default_factory=_now, description="When it happened (UTC).")
 
-    def __init_subclass__(cls, *, type: str | None = None, version: int | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, type: str | None = None, version: int | None = None, key: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
         if type is not None:
             cls.event_type = type
@@ -74,6 +90,8 @@ class Event(BaseModel):
             cls.event_type = _default_type_name(cls.__name__)
         if version is not None:
             cls.event_version = version
+        if key is not None:
+            cls.event_key = key
         _validate_declaration(cls)
 
     @classmethod
@@ -83,12 +101,33 @@ class Event(BaseModel):
         if field.default != cls.event_version:
             field.default = cls.event_version
             cls.model_rebuild(force=True)
+        if cls.event_key is not None and cls.event_key not in cls.model_fields:
+            raise ContractError(
+                f"{cls.__name__} declares key={cls.event_key!r}, but has no field of that name. The key names "
+                f'the field whose value ends the subject, e.g. `class {cls.__name__}(Event, ..., key="customer_id")` '
+                "with a `customer_id: str` field."
+            )
         _register(cls)
 
     @classmethod
     def subject(cls) -> str:
         """The subject this event type is published on: ``<type>.v<major version>``."""
         return f"{cls.event_type}.v{cls.event_version}"
+
+    @classmethod
+    def subject_for(cls, key: object) -> str:
+        """The subject an event of this keyed type with ``key`` is published on (``orders.placed.v1.C-1``).
+
+        Raises:
+            ContractError: the type has no key.
+            SubjectError: the key is empty or not a str or int.
+        """
+        if cls.event_key is None:
+            raise ContractError(
+                f"{cls.__name__} has no key, so its events are published on {cls.subject()!r} itself. Declare one "
+                f'with `class {cls.__name__}(Event, type="{cls.event_type}", key="<field>")`.'
+            )
+        return f"{cls.subject()}.{key_token(key)}"
 
     def to_json(self) -> bytes:
         """The JSON payload as published on the bus (``model_dump_json()``, as bytes)."""
@@ -112,6 +151,10 @@ def _validate_declaration(cls: type[Event]) -> None:
         )
     if not isinstance(cls.event_version, int) or isinstance(cls.event_version, bool) or cls.event_version < 1:
         raise ContractError(f"{cls.__name__}: version must be a whole number >= 1, got {cls.event_version!r}.")
+    if cls.event_key is not None and not (isinstance(cls.event_key, str) and cls.event_key.isidentifier()):
+        raise ContractError(
+            f"{cls.__name__}: key must name one of its fields, like key='customer_id'; got {cls.event_key!r}."
+        )
 
 
 def _register(cls: type[Event]) -> None:

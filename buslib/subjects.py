@@ -1,8 +1,15 @@
-"""Subjects and the names derived from them: validation, matching, stream and durable names.
+"""Subjects and the names derived from them: validation, matching, stream and durable names, keys.
 
 >>> from buslib.subjects import check_subject, stream_name_for, durable_name
 >>> stream_name_for(check_subject("orders.created.v1")), durable_name("billing", "orders.created.v1")
 ('ORDERS', 'billing__orders_created_v1')
+>>> key_token("ann@example.com"), partition_of("C-1", 4)
+('ann%40example%2Ecom', 0)
+
+A *keyed* event (``class OrderPlaced(Event, type="orders.placed", key="customer_id")``) is
+published on its subject plus the key as one more token (``orders.placed.v1.C-1``):
+:func:`key_token` turns any key into one valid token, and :func:`partition_of` says which
+partition a stream's ``{{partition(n,i)}}`` subject transform puts it in.
 """
 
 from __future__ import annotations
@@ -11,10 +18,21 @@ import re
 
 from buslib.errors import SubjectError
 
-__all__ = ["check_subject", "durable_name", "stream_name_for", "subject_matches"]
+__all__ = [
+    "check_subject",
+    "durable_name",
+    "fnv1a32",
+    "key_from_token",
+    "key_token",
+    "partition_of",
+    "stream_name_for",
+    "subject_matches",
+]
 
 _TOKEN_RE = re.compile(r"^[^\s.*>]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEY_SAFE = re.compile(r"[A-Za-z0-9_=+-]")
+_ESCAPED = re.compile(r"(?:%[0-9A-F]{2})+")
 
 
 def check_subject(subject: object, *, wildcards: bool = False) -> str:
@@ -102,3 +120,51 @@ def check_group(group: object) -> str:
             "durable consumer's name, where dots, spaces and wildcards are not allowed)."
         )
     return group
+
+
+def key_token(key: object) -> str:
+    """Any key as one valid subject token: letters, digits and ``_=+-`` kept, the rest %-escaped.
+
+    >>> key_token("C-17"), key_token("a b"), key_token(42)
+    ('C-17', 'a%20b', '42')
+
+    Raises:
+        SubjectError: the key is None, empty, or not a str or int.
+    """
+    if isinstance(key, bool) or not isinstance(key, (str, int)) or key == "":
+        raise SubjectError(
+            f"A partition key must be a non-empty string or an integer, got {key!r}. It becomes the last "
+            "token of the event's subject (orders.placed.v1.<key>), so every event needs one."
+        )
+    return "".join(c if _KEY_SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in str(key))
+
+
+def key_from_token(token: str) -> str:
+    """The key a token was made from (the inverse of :func:`key_token`).
+
+    >>> key_from_token("ann%40example%2Ecom")
+    'ann@example.com'
+    """
+    return _ESCAPED.sub(lambda m: bytes.fromhex(m.group(0).replace("%", "")).decode(), token)
+
+
+def fnv1a32(data: bytes) -> int:
+    """The 32-bit FNV-1a hash, the one nats-server's ``partition()`` transform uses."""
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def partition_of(key: object, partitions: int) -> int:
+    """The partition a stream with ``partitions`` partitions stores ``key`` in.
+
+    The server computes FNV-1a 32 of the key's subject token, modulo the number of
+    partitions; this is the same computation, so a client can say in advance where a key goes.
+
+    >>> [partition_of(f"C-{i}", 4) for i in range(6)]
+    [3, 0, 1, 2, 3, 0]
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions}.")
+    return fnv1a32(key_token(key).encode()) % partitions

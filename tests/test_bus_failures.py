@@ -13,8 +13,11 @@ from buslib import Event, Failure, Reject, Retry
 from buslib.subjects import durable_name
 
 
-async def consumer_settled(bus, stream, durable, timeout: float = 5.0) -> bool:
-    """Whether the consumer has nothing pending or unacknowledged (acks are asynchronous: poll)."""
+async def consumer_settled(bus, stream, durable, timeout: float = 15.0) -> bool:
+    """Whether the consumer has nothing pending or unacknowledged (acks are asynchronous: poll).
+
+    Once it has, nothing more is delivered: a terminated or acknowledged message never comes back.
+    """
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         info = await bus.js.consumer_info(stream, durable)
@@ -46,7 +49,7 @@ async def test_handler_failure_retries_with_delay_then_sink_gets_exhausted(bus, 
     )
     ack = await bus.publish(Order(order_id="E-1"))
     await wait_until(lambda: failures, what="the dead letter")
-    await asyncio.sleep(0.5)  # nothing more may arrive after termination
+    assert await consumer_settled(bus, stream, sub.durable)  # terminated: nothing more will arrive
     assert [n for n, _ in deliveries] == [1, 2, 3]
     gaps = [b - a for (_, a), (_, b) in zip(deliveries, deliveries[1:], strict=False)]
     assert all(gap >= 0.15 for gap in gaps), gaps  # nak(delay), not a retry storm
@@ -55,7 +58,6 @@ async def test_handler_failure_retries_with_delay_then_sink_gets_exhausted(bus, 
     assert (failure.num_delivered, failure.stream, failure.stream_seq, failure.group) == (3, stream, ack.seq, "billing")
     assert failure.subject == Order.subject() and failure.trace_id and failure.first_failure_at is not None
     assert (sub.stats.retried, sub.stats.exhausted, sub.stats.dead_lettered, sub.stats.acked) == (2, 1, 1, 0)
-    assert await consumer_settled(bus, stream, sub.durable)  # terminated: not pending any more
 
 
 async def test_reject_goes_to_the_sink_at_once_with_one_delivery(bus, Order, stream):
@@ -71,7 +73,7 @@ async def test_reject_goes_to_the_sink_at_once_with_one_delivery(bus, Order, str
     sub = await bus.subscribe(Order, group="billing", handler=rejects, retry=Retry(max_deliver=5), dead_letters=sink)
     await bus.publish(Order(order_id="R-1"))
     await wait_until(lambda: failures)
-    await asyncio.sleep(0.3)
+    assert await consumer_settled(bus, stream, sub.durable)  # terminated: nothing more will arrive
     assert deliveries == [1]
     assert (failures[0].kind, failures[0].reason, failures[0].num_delivered) == ("rejected", "order id is blocked", 1)
     assert failures[0].first_failure_at is None  # never failed before in this worker
@@ -92,7 +94,7 @@ async def test_bad_input_is_terminated_counted_and_sent_to_the_sink_and_the_work
     await bus.js.publish(subject, b"this is not json")
     await bus.js.publish(subject, b'{"amount": 3}')  # JSON, but no order_id
     await bus.publish(Order(order_id="OK-1"))
-    await wait_until(lambda: handled and len(failures) == 2)
+    await wait_until(lambda: sub.stats.acked == 1 and len(failures) == 2)  # acked: counted after the ack is sent
     assert handled == ["OK-1"]
     assert [f.kind for f in failures] == ["undecodable", "undecodable"]
     assert "not valid JSON" in failures[0].reason and "order_id" in failures[1].reason
@@ -152,8 +154,8 @@ async def test_a_failing_sink_does_not_lose_the_message(bus, Order, stream):
         retry=Retry(max_deliver=3, delays=[0.2], jitter=0),
     )
     await bus.publish(Order(order_id="L-1"))
-    await wait_until(lambda: stored, what="the second, successful sink call")
-    assert attempts == [1, 2]  # nak'ed after the sink failed, so it came back
+    await wait_until(lambda: sub.stats.dead_lettered == 1, what="the second, successful sink call")
+    assert len(stored) == 1 and attempts == [1, 2]  # nak'ed after the sink failed, so it came back
     assert sub.stats.sink_errors == 1 and sub.stats.dead_lettered == 1
     assert await consumer_settled(bus, stream, durable_name("billing", Order.subject()))
 
@@ -175,8 +177,8 @@ async def test_a_strict_subscriber_dead_letters_unknown_fields_a_tolerant_one_ac
     payload = Order(order_id="X-1").model_dump(mode="json") | {"coupon": "NEW-FIELD"}  # a producer added a field
     await bus.js.publish(Order.subject(), json.dumps(payload).encode())
     await bus.publish(Order(order_id="X-2"))
-    await wait_until(lambda: len(tolerant_got) == 2 and strict_got and failures, what="both groups")
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: len(tolerant_got) == 2 and strict.stats.acked == 1 and failures, what="both groups")
+    assert await consumer_settled(bus, stream, strict.durable)  # nothing more will arrive
     assert tolerant_got == ["X-1", "X-2"] and strict_got == ["X-2"]
     [failure] = failures
     assert (failure.kind, failure.group) == ("undecodable", "strict")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _bus_helpers import HoldingProxy, make_event
+from _bus_helpers import HoldingProxy, make_event, wait_until
+from nats.errors import MaxPayloadError
 from nats.js.api import DiscardPolicy, StorageType
 from nats.js.errors import NotFoundError
 
@@ -61,13 +62,18 @@ async def test_publishing_the_same_event_twice_stores_it_once(bus, Order, stream
 
 
 async def test_publish_retry_after_timeout_stores_exactly_once(nats_url, Order, stream):
-    """The ack is held past the timeout; the retry (same Nats-Msg-Id) is recognised as a duplicate."""
+    """The ack is held until the first attempt timed out and the bus retried; the retry (same
+    Nats-Msg-Id) is recognised as a duplicate."""
     async with HoldingProxy(nats_url) as proxy:
         async with EventBus.connect(service="flaky", url=proxy.url, publish_timeout=0.5) as bus:
             await bus.ensure_stream(Order)
             proxy.hold()
-            asyncio.get_running_loop().call_later(1.2, proxy.release)
-            ack = await bus.publish(Order(order_id="A-4"))
+            publishing = asyncio.create_task(bus.publish(Order(order_id="A-4")))
+            await wait_until(
+                lambda: bus.publish_retries >= 1 or publishing.done(), what="the first attempt to time out"
+            )
+            proxy.release()
+            ack = await publishing
             assert bus.publish_retries >= 1
             assert ack.duplicate is True  # the first attempt was stored although it timed out
             assert (await bus.js.stream_info(stream)).state.messages == 1
@@ -100,12 +106,27 @@ async def test_publish_many_retries_unanswered_publishes_and_stores_each_once(na
         async with EventBus.connect(service="flaky", url=proxy.url, publish_timeout=0.4) as bus:
             await bus.ensure_stream(Order)
             events = [Order(order_id=f"R-{i}") for i in range(200)]
-            proxy.hold()
-            asyncio.get_running_loop().call_later(1.0, proxy.release)
-            acks = await bus.publish_many(events, fast_ingest=False)
+            proxy.hold()  # the acks wait in the relay until the bus has given up on them and retried
+            publishing = asyncio.create_task(bus.publish_many(events, fast_ingest=False))
+            await wait_until(lambda: bus.publish_retries >= 1 or publishing.done(), what="a retry")
+            proxy.release()
+            acks = await publishing
             assert bus.publish_retries >= 1
             assert [a.seq for a in acks] == list(range(1, 201))
             assert (await bus.js.stream_info(stream)).state.messages == 200
+
+
+@pytest.mark.parametrize("fast_ingest", [True, False], ids=["fast-ingest", "windowed"])
+async def test_publish_many_reports_progress_as_the_acks_arrive(bus, Order, stream, fast_ingest):
+    seen: list[int] = []
+    await bus.publish_many(
+        [Order(order_id=f"P-{i}") for i in range(1200)], fast_ingest=fast_ingest, progress=seen.append
+    )
+    assert seen == sorted(set(seen)) and seen[-1] == 1200  # growing, up to every event
+    if fast_ingest and await bus.api_level() >= 4:  # a fast-ingest batch: a flow ack every 500, then the final ack
+        assert seen == [500, 1000, 1200]
+    else:  # windowed: each ack
+        assert seen == list(range(1, 1201))
 
 
 async def test_publish_many_error_names_the_first_event_not_stored(bus, Order, stream):
@@ -117,6 +138,22 @@ async def test_publish_many_error_names_the_first_event_not_stored(bus, Order, s
     assert "stored 5 of 8" in message
     assert f"#5 (id {events[5].id})" in message
     assert (await bus.js.stream_info(stream)).state.messages == 5
+
+
+async def test_an_event_too_large_with_its_headers_is_refused_with_a_clear_error_and_the_connection_stays(
+    bus, Order, stream
+):
+    """nats-py checks only the payload; the server counts the headers too and would close the connection."""
+    Big = make_event(Order.event_type.replace(".placed", ".big"), "Big", order_id=str, blob=str)  # same stream
+    event = Big(order_id="B-1", blob="x" * (bus.nc.max_payload - 400))  # the payload fits, not with the headers
+    with pytest.raises(
+        PublishError, match=r"bytes with its headers, more than the server accepts.*Make the event smaller"
+    ):
+        await bus.publish(event)
+    with pytest.raises(MaxPayloadError):
+        await bus.publish_many([Order(order_id="small"), event])
+    assert bus.nc.is_connected and not bus.nc.is_closed
+    assert (await bus.publish(Order(order_id="after"))).stream == stream
 
 
 async def test_publishing_something_that_is_not_an_event_raises_type_error(bus):
@@ -261,8 +298,10 @@ async def test_publish_many_by_default_retries_a_stalled_batch_and_stores_each_o
             await bus.ensure_stream(Order)
             events = [Order(order_id=f"S-{i}") for i in range(3000)]
             proxy.hold()  # the batch's flow acks wait in the relay: the client sees a stall
-            asyncio.get_running_loop().call_later(1.0, proxy.release)
-            acks = await bus.publish_many(events)
+            publishing = asyncio.create_task(bus.publish_many(events))
+            await wait_until(lambda: bus.publish_retries >= 1 or publishing.done(), what="a retry")
+            proxy.release()
+            acks = await publishing
             assert bus.publish_retries >= 1 and len(acks) == 3000
             assert (await bus.js.stream_info(stream)).state.messages == 3000
 

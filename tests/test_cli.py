@@ -14,7 +14,14 @@ import pytest
 import buslib
 from buslib.cli.doctor import report
 from buslib.server import pid_alive
-from buslib.teaching.doctor import Finding, check_lab_extension, check_python, check_server_binary, parse_version
+from buslib.teaching.doctor import (
+    Finding,
+    check_bus,
+    check_lab_extension,
+    check_python,
+    check_server_binary,
+    parse_version,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -192,6 +199,13 @@ def test_a_second_buslib_server_on_the_same_store_names_the_running_one_and_a_wa
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+def test_doctor_on_an_unreachable_nats_url_says_how_to_reach_a_server_not_to_run_doctor():
+    finding = check_bus("nats://127.0.0.1:1")  # nothing listens on port 1
+    assert not finding.ok and "Could not connect" in finding.detail
+    assert "buslib doctor" not in finding.fix
+    assert "NATS_URL" in finding.fix and "buslib server" in finding.fix
 
 
 def test_buslib_server_on_a_taken_port_explains(nats_url, tmp_path):

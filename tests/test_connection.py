@@ -6,11 +6,13 @@ The reconnect-through-restart tests live in test_server.py next to restart() and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+from _bus_helpers import wait_until
 
 import buslib
 import buslib.connection as connection
@@ -20,8 +22,9 @@ from buslib.retry import backoff_delay
 from buslib.server import EmbeddedServer
 
 # The promise of issue 2: a dead or silent server is reported within 5 s (nats-py's default
-# waits ~120 s). The design point is 2 attempts x connect_timeout 1.5 s = ~3.1 s.
-FAIL_FAST_SECONDS = 5.0
+# waits ~120 s). By design, not by measurement: two attempts of connect_timeout (1.5 s) each,
+# and the whole first connect bounded by 2 * connect_timeout + 1 = 4 s. The tests below check
+# that design (how many attempts, which step gave up), not a stopwatch: a loaded machine is slow.
 
 
 @pytest.fixture
@@ -35,19 +38,35 @@ def own_embedded(monkeypatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def silent_listener() -> Iterator[str]:
-    """A TCP port that accepts connections and never says a word (not a NATS server)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    yield f"nats://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
+def refused_url() -> Iterator[str]:
+    """A port that refuses connections: bound by this test (so no other program can take it), never listening."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    yield f"nats://127.0.0.1:{holder.getsockname()[1]}"
+    holder.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+class SilentPeer:
+    """A TCP server that accepts connections and never says a word (not a NATS server)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.url = ""
+        self._server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> SilentPeer:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await reader.read()  # until the client hangs up
+        writer.close()
 
 
 # -- which server ------------------------------------------------------------------------
@@ -122,46 +141,60 @@ def test_passwords_never_reach_an_error_message():
 # -- fail fast ------------------------------------------------------------------------------
 
 
-async def test_nothing_listening_fails_fast_with_what_to_try():
-    url = f"nats://127.0.0.1:{_free_port()}"
-    started = time.monotonic()
+async def test_nothing_listening_fails_after_two_attempts_with_what_to_try(refused_url):
+    """Two refused attempts (the first and one retry), not nats-py's default of 60 spaced 2 s apart."""
+    attempts: list[Exception] = []
+
+    async def on_error(err: Exception) -> None:
+        attempts.append(err)
+
     with pytest.raises(ConnectError) as caught:
-        await buslib.connect(url)
-    assert time.monotonic() - started < FAIL_FAST_SECONDS
+        await buslib.connect(refused_url, error_cb=on_error)
+    assert len(attempts) == 2 and all(isinstance(err, ConnectionRefusedError) for err in attempts)
     message = str(caught.value)
-    assert url in message and "connection refused" in message
+    assert refused_url in message and "connection refused" in message
     for hint in ("buslib doctor", "buslib server", "docker compose up -d", "NATS_URL"):
         assert hint in message
 
 
-async def test_a_silent_server_fails_within_five_seconds(silent_listener):
+async def test_a_silent_server_gets_two_attempts_each_bounded_by_connect_timeout():
     """The worst case: TCP connects, then no INFO ever comes (a firewall, the wrong port)."""
-    started = time.monotonic()
-    with pytest.raises(ConnectError, match="no answer in time") as caught:
-        await buslib.connect(silent_listener)
-    elapsed = time.monotonic() - started
-    assert elapsed < FAIL_FAST_SECONDS, f"took {elapsed:.1f} s"
-    assert silent_listener in str(caught.value)
+    async with SilentPeer() as peer:
+        with pytest.raises(ConnectError, match="no answer in time") as caught:
+            await asyncio.wait_for(buslib.connect(peer.url), 60)  # a hang guard, not the promise
+        await wait_until(lambda: peer.connections == 2, what="the second attempt to reach the peer")
+        assert peer.url in str(caught.value)
 
 
-async def test_a_server_slow_at_every_handshake_step_still_fails_within_five_seconds():
-    """INFO just before each attempt's timeout, then no PONG: per-step timeouts alone would add up to ~6 s."""
+async def test_a_server_slow_at_every_handshake_step_is_cut_off_by_the_overall_bound():
+    """INFO just before each attempt's timeout, then no PONG: per-step timeouts alone would let the
+    second attempt answer its INFO (~5.7 s in all); the 4 s bound on the whole connect ends it first.
+
+    No stopwatch: the peer and the client share this event loop, whose timers fire in deadline
+    order. Attempt 2 starts after 1.3 s (INFO) + 1.5 s (no PONG) + the reconnect wait, so its
+    INFO is due after 4.2 s, later than the bound: the client never answers it.
+    """
+    seen: list[bytes] = []  # what the client sent on each connection
 
     async def slow_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(b"")
+        index = len(seen) - 1
         await asyncio.sleep(1.3)  # under the 1.5 s step timeout
         writer.write(b'INFO {"server_id":"slow","version":"2.15.1","headers":true,"max_payload":1048576}\r\n')
-        await writer.drain()
-        await reader.read()  # read CONNECT and PING, never answer; returns when the client hangs up
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            seen[index] = await reader.read()  # CONNECT and PING, never answered; ends when the client hangs up
         writer.close()
 
     peer = await asyncio.start_server(slow_peer, "127.0.0.1", 0)
     url = f"nats://127.0.0.1:{peer.sockets[0].getsockname()[1]}"
     try:
-        started = time.monotonic()
         with pytest.raises(ConnectError, match="no answer in time"):
-            await buslib.connect(url)
-        elapsed = time.monotonic() - started
-        assert elapsed < FAIL_FAST_SECONDS, f"took {elapsed:.1f} s"
+            await asyncio.wait_for(buslib.connect(url), 60)  # a hang guard, not the promise
+        await wait_until(lambda: len(seen) == 2, what="the second attempt to reach the peer")
+        await wait_until(lambda: seen[0], what="the first attempt's CONNECT")
+        assert b"CONNECT" in seen[0] and b"PING" in seen[0]  # attempt 1 answered INFO, then waited for PONG
+        assert seen[1] == b""  # attempt 2 was cut off before it could answer its INFO
     finally:
         peer.close()
         await peer.wait_closed()
@@ -180,20 +213,20 @@ def test_an_unknown_host_is_named_as_such():
     assert text == "unknown host (Name or service not known): check the host name's spelling"
 
 
-async def test_password_is_redacted_in_connect_errors():
+async def test_password_is_redacted_in_connect_errors(refused_url):
     with pytest.raises(ConnectError) as caught:
-        await buslib.connect(f"nats://alice:s3cret@127.0.0.1:{_free_port()}")
+        await buslib.connect(refused_url.replace("nats://", "nats://alice:s3cret@"))
     assert "s3cret" not in str(caught.value) and "alice:***@" in str(caught.value)
 
 
-async def test_user_error_callback_still_called():
+async def test_user_error_callback_still_called(refused_url):
     seen: list[Exception] = []
 
     async def on_error(err: Exception) -> None:
         seen.append(err)
 
     with pytest.raises(ConnectError):
-        await buslib.connect(f"nats://127.0.0.1:{_free_port()}", error_cb=on_error)
+        await buslib.connect(refused_url, error_cb=on_error)
     assert seen and all(isinstance(err, OSError) for err in seen)
 
 

@@ -197,6 +197,22 @@ def test_modules_come_from_pyproject(tmp_path):
     assert (tmp_path / "contracts" / "cli.orders.placed.v1.json").is_file()
 
 
+def test_check_from_a_subfolder_uses_the_contracts_folder_next_to_pyproject(tmp_path):
+    """A learner in notebooks/ or docs/ runs `buslib contracts check`: the project's snapshot is found."""
+    write_module(tmp_path, V1)
+    (tmp_path / "pyproject.toml").write_text('[tool.buslib]\ncontracts = ["shop_contracts"]\n')
+    assert run(tmp_path, "snapshot").returncode == 0
+    sub = tmp_path / "notebooks" / "deeper"
+    sub.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what the command finds itself
+    done = subprocess.run(
+        [sys.executable, "-m", "buslib", "contracts", "check"], cwd=sub, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "OK: 1 unchanged" in done.stdout
+    assert not (sub / "contracts").exists()  # nothing looked for (or written) in the subfolder
+
+
 def test_a_module_that_does_not_import_is_a_clear_error(tmp_path):
     done = run(tmp_path, "check", "--module", "no_such_module_here")
     assert done.returncode == 2 and "Cannot import contract module 'no_such_module_here'" in done.stderr

@@ -118,11 +118,13 @@ async def test_writing_the_same_failure_twice_stores_one_entry_and_alerts_once(e
     msg = await env.delivered("created", b"{}")
     one = await env.dlq(env.failure(msg))
     two = await env.dlq(env.failure(msg))  # a worker crashed after writing, before terminating
+    # a marker after both writes on the same connection: a second alert would arrive before it
+    await env.nc.publish(env.dlq.alert_subject, b'{"marker": true}')
 
     assert one.id == two.id
     assert await env.dlq.count() == 1
-    await wait_until(lambda: alerts, what="the alert")
-    await asyncio.sleep(0.2)  # a second alert would arrive within this time
+    await wait_until(lambda: alerts and alerts[-1] == {"marker": True}, what="the alert, then the marker")
+    alerts.pop()
     assert len(alerts) == 1 and len(env.hooked) == 1
     assert alerts[0]["id"] == one.id and alerts[0]["dlq"] == env.dlq_stream
     assert alerts[0]["reason"] == "ValueError: amount must be positive"
@@ -158,6 +160,51 @@ async def test_nats_control_headers_of_the_original_are_kept_inert(env):
     assert result.replayed == [entry.id]
     copy = await env.js.get_msg(env.stream, 2)
     assert "Nats-Expected-Stream" not in copy.headers and copy.headers["k"] == "v"
+
+
+async def test_an_original_too_large_to_copy_is_dead_lettered_by_reference_and_replayed_from_its_stream(env):
+    """The entry's own headers would take it over max_payload (the server would close the connection):
+    the entry keeps no copy, says why, and replay reads the original from its stream."""
+    limit = env.nc.max_payload
+    big = (bytes(range(256)) * (limit // 256))[: limit - 300]  # fits alone, not beside the Bus-DLQ headers
+    msg = await env.delivered("big", big, {"k": "v"})
+    entry = await env.dlq(env.failure(msg))
+
+    stored = await env.dlq.get(entry.id)
+    assert stored.data == b"" and stored.headers == {} and stored == entry
+    assert f"does not fit in a dead-letter entry beside its Bus-DLQ headers (the server's max_payload is {limit}" in (
+        stored.not_copied
+    )
+    assert f"stream {env.stream} at sequence {msg.metadata.sequence.stream}" in stored.not_copied
+    assert env.nc.is_connected and env.hooked == [entry]
+    result = await env.dlq.replay(ids=[entry.id])
+    assert result.replayed == [entry.id] and result.failed == {}
+    copy = await env.js.get_msg(env.stream, 2)
+    assert copy.data == big and copy.headers["k"] == "v"  # the original, read from its stream
+
+
+async def test_a_replay_too_large_for_max_payload_fails_with_the_reason_and_keeps_the_entry(env):
+    limit = env.nc.max_payload
+    msg = await env.delivered("full", b"x" * limit)  # exactly max_payload: no room for the replay headers
+    entry = await env.dlq(env.failure(msg))
+    assert entry.not_copied
+
+    result = await env.dlq.replay(ids=[entry.id])
+
+    assert result.replayed == [] and "over the server's max_payload" in result.failed[entry.id]
+    assert "the entry stays" in result.failed[entry.id]
+    assert await env.dlq.count() == 1 and env.nc.is_connected
+
+
+async def test_replaying_an_entry_whose_uncopied_original_is_gone_says_so(env, js):
+    msg = await env.delivered("gone", b"y" * env.nc.max_payload)
+    entry = await env.dlq(env.failure(msg))
+    await js.delete_msg(env.stream, msg.metadata.sequence.stream)
+
+    result = await env.dlq.replay(ids=[entry.id])
+
+    assert result.replayed == [] and "holds no copy of its original" in result.failed[entry.id]
+    assert f"stream {env.stream} no longer has it at sequence {msg.metadata.sequence.stream}" in result.failed[entry.id]
 
 
 async def test_list_filters_by_subject_reason_time_and_group(env):

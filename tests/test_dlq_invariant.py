@@ -58,8 +58,9 @@ async def test_1000_events_flaky_once_poison_dead_lettered_once_replay_processes
         ]
         await buses[0].publish_many(events)
 
-        async def settled() -> bool:
-            return len(done) == 900 and await dlqs[0].count() == 100
+        async def settled() -> bool:  # the counters too: each is counted after its sink or ack returned
+            dead = sum(s.stats.dead_lettered for s in subs)
+            return len(done) == 900 and dead == 100 and await dlqs[0].count() == 100
 
         await wait_until(settled, timeout=90, interval=0.2, what="900 processed and 100 dead-lettered")
 

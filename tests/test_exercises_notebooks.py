@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from buslib.cli import main as cli
-from buslib.exercises import questions
+from buslib.exercises import EXERCISES, questions
 from buslib.exercises.progress import progress, run_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_exercise_has_a_solution_and_a_learner_copy():
     names = [p.name for p in LEARNER]
-    assert [n[2:4] for n in names] == ["00", "01", "02", "03", "04", "05", "06"]
+    assert [n[2:4] for n in names] == list(EXERCISES)
     assert all((ROOT / "exercises" / "solutions" / n).exists() for n in names)
 
 

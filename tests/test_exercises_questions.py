@@ -1556,3 +1556,230 @@ async def the_leader_alone_down(learner):
         ack = await bus.publish(LATE)
     """,
     )
+
+
+# == 07 ======================================================================================
+def _payments(stream_partitions: int | None = 4, **subscribe: str) -> str:
+    """A learner's question-1 cell: the payments stream, one instance of group ledger, the run."""
+    stream = f", partitions={stream_partitions}" if stream_partitions else ""
+    options = "".join(f", {k}={v}" for k, v in subscribe.items())
+    return f"""
+        await bus.ensure_stream(PaymentCaptured, name=PAYMENTS_STREAM, subjects=["ex07.payments.>"]{stream})
+        ledger_sub = await bus.subscribe(PaymentCaptured, group="ledger", handler=ledger.book{options})
+        await publish_payments(bus, ledger)
+        await wait_until(lambda: ledger.count() >= {16 if "partitions" in subscribe else 32}, timeout=20)
+        await ledger_sub.stop()
+    """
+
+
+solution("07", "q1")
+
+
+@right("07", "q1")
+async def two_instances_with_two_partitions_each(learner):
+    await run(
+        learner,
+        """
+        await bus.ensure_stream(PaymentCaptured, name=PAYMENTS_STREAM, subjects=["ex07.payments.>"], partitions=4)
+        second = await EventBus.connect(service="billing-2")  # another process of the same service
+        _cleanup.append(second.close)
+        ledger_sub = [
+            await bus.subscribe(PaymentCaptured, group="ledger", handler=ledger.book, ordered=True, partitions=[0, 1]),
+            await second.subscribe(PaymentCaptured, group="ledger", handler=ledger.book, ordered=True, partitions=[2, 3]),
+        ]
+        await publish_payments(bus, ledger)
+        await wait_until(ledger.complete, timeout=20)
+        for sub in ledger_sub:
+            await sub.stop()
+    """,
+    )
+
+
+@wrong(
+    "07",
+    "q1",
+    "Group 'ledger' reads the payments through one durable that hands out many payments at once, so a retried "
+    "payment lets the ones behind it go first (the ledger shows C-2: [0, 1, 2, 4",
+    "Subscribe with ordered=True",
+)
+async def a_plain_group(learner):
+    await run(learner, _payments())
+    assert learner["ledger"].booked["C-2"].index(4) < learner["ledger"].booked["C-2"].index(3)
+
+
+@wrong(
+    "07",
+    "q1",
+    "Stream EX07_PAYMENTS does not partition ex07.payments.captured.v1: without partitions an ordered group is one "
+    "lane, one payment at a time for every customer. Create it with ensure_stream(..., partitions=4).",
+)
+async def ordered_without_partitions(learner):
+    await run(learner, _payments(None, ordered="True"))
+
+
+@wrong("07", "q1", "Stream EX07_PAYMENTS splits ex07.payments.captured.v1 into 2 partitions; expected 4.")
+async def two_partitions(learner):
+    await run(learner, _payments(2, ordered="True"))
+
+
+@wrong(
+    "07",
+    "q1",
+    "Group 'ledger' has no lane for partition 2 on stream EX07_PAYMENTS.",
+    "Subscribe with group='ledger' and ordered=True",
+)
+async def only_half_the_lanes(learner):
+    await run(learner, _payments(ordered="True", partitions="[0, 1]"))  # nobody runs partitions 2 and 3
+
+
+@wrong(
+    "07",
+    "q1",
+    "C-1's payments [0, 1, 2, 3, 4, 5, 6, 7] were booked more than once.",
+    "Run the setup cell again (it starts over)",
+)
+async def payments_of_an_earlier_attempt_read_again(learner):
+    await run(
+        learner,
+        """
+        await bus.ensure_stream(PaymentCaptured, name=PAYMENTS_STREAM, subjects=["ex07.payments.>"], partitions=4)
+        await publish_payments(bus, Ledger())  # an earlier run of the cell published too
+        await publish_payments(bus, Ledger())
+        ledger_sub = await bus.subscribe(PaymentCaptured, group="ledger", handler=ledger.book, ordered=True)
+        await wait_until(lambda: ledger.count() >= 64, timeout=20)
+        await ledger_sub.stop()
+    """,
+    )
+
+
+def _audit(**changes: str) -> str:
+    """A learner's question-2 cell, with some settings changed."""
+    settings = {
+        "name": "AUDIT_STREAM",
+        "subjects": '["ex07.audit.>"]',
+        "max_age": "30 * 24 * 3600",
+        "max_msgs_per_subject": "3",
+        "discard": "DiscardPolicy.NEW",
+        "discard_new_per_subject": "True",
+        **changes,
+    }
+    return "audit = await js.add_stream(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+
+
+solution("07", "q2")
+
+
+@right("07", "q2")
+async def a_raw_stream_in_memory_on_the_exact_subjects(learner):
+    await run(
+        learner,
+        _audit(subjects='["ex07.audit.recorded.v1.*"]', storage="StorageType.MEMORY", max_age="2592000.0").replace(
+            "audit = ", "from nats.js.api import StorageType\naudit = "
+        ),
+    )
+
+
+@wrong(
+    "07",
+    "q2",
+    "Stream EX07_AUDIT has discard='old': when an order has 3 entries, a 4th makes room by silently dropping the "
+    "oldest. Refuse it instead: discard=DiscardPolicy.NEW.",
+)
+async def discard_old(learner):
+    await run(learner, _audit(discard="DiscardPolicy.OLD", discard_new_per_subject="False"))
+
+
+@wrong(
+    "07",
+    "q2",
+    "Stream EX07_AUDIT has discard='new' but discard_new_per_subject=False: new entries are then refused only when "
+    "the whole stream is full, while a full order still drops its oldest. Set discard_new_per_subject=True.",
+)
+async def discard_new_for_the_whole_stream(learner):
+    await run(learner, _audit(discard_new_per_subject="False"))
+
+
+@wrong(
+    "07",
+    "q2",
+    "max_age is 2592000000 s (about 82 years): nats-py takes seconds, not milliseconds. 30 days is 2592000 s.",
+)
+async def max_age_in_milliseconds(learner):
+    await run(learner, _audit(max_age="30 * 24 * 3600 * 1000"))
+
+
+@wrong(
+    "07",
+    "q2",
+    "Stream EX07_AUDIT has max_msgs_per_subject=-1; expected 3: each order has a subject of its own (max_msgs "
+    "counts the whole stream, not each order).",
+)
+async def max_msgs_instead_of_per_order(learner):
+    await run(learner, _audit(max_msgs_per_subject="-1", max_msgs="3", discard_new_per_subject="False"))
+
+
+@wrong("07", "q2", "Stream EX07_AUDIT has max_age=604800 s; expected 2592000 (30 days).")
+async def seven_days(learner):
+    await run(learner, _audit(max_age="7 * 24 * 3600"))
+
+
+@wrong("07", "q2", "Stream EX07_AUDIT stores ['ex07.audits.>'], which does not cover 'ex07.audit.recorded.v1.A-1'")
+async def other_subjects(learner):
+    await run(learner, _audit(subjects='["ex07.audits.>"]'))
+
+
+solution("07", "q3")
+
+
+@right("07", "q3")
+async def pending_plus_unacked_from_consumer_info(learner):
+    await run(
+        learner,
+        """
+        from buslib.subjects import durable_name
+
+        lags = {}
+        for group in GROUPS:
+            info = await js.consumer_info(EVENTS_STREAM, durable_name(group, ShipmentUpdated.subject()))
+            lags[group] = info.num_pending + info.num_ack_pending
+        worst = "billing"
+    """,
+    )
+    assert learner["lags"] == {"billing": 20, "shipping": 15, "analytics": 3}
+
+
+@wrong(
+    "07",
+    "q3",
+    "lags['billing'] is 8, but group billing is 20 behind: it also holds 12 delivered, unacknowledged messages "
+    "(num_ack_pending). Lag = num_pending + num_ack_pending.",
+)
+async def pending_only(learner):
+    await run(
+        learner,
+        """
+        from buslib.subjects import durable_name
+
+        lags = {}
+        for group in GROUPS:
+            info = await js.consumer_info(EVENTS_STREAM, durable_name(group, ShipmentUpdated.subject()))
+            lags[group] = info.num_pending
+        worst = max(lags, key=lags.get)
+    """,
+    )
+
+
+@wrong("07", "q3", "worst is 'shipping' (15 behind), but 'billing' is furthest behind (20).")
+async def the_worst_by_pending(learner):
+    await run(
+        learner,
+        """
+        lags = {group: (await bus.group_lag(ShipmentUpdated, group=group)).behind for group in GROUPS}
+        worst = "shipping"  # the most messages waiting to be delivered
+    """,
+    )
+
+
+@wrong("07", "q3", "lags must be a dict with one entry per group, ['billing', 'shipping', 'analytics']")
+async def one_group_only(learner):
+    await run(learner, 'lags = {"billing": 20}\nworst = "billing"')

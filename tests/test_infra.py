@@ -7,8 +7,8 @@ run with the real nats-server binary to prove the healthcheck URL answers OK.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,12 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _compose() -> dict:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- docker-compose.yml ---------------------------------------------------------------------
@@ -65,20 +59,25 @@ def test_compose_healthcheck_probes_jetstream_health():
 
 
 def test_compose_server_flags_give_a_server_whose_healthcheck_passes(tmp_path):
-    """Run the compose command's flags with the real binary (ports and store moved to free/temporary ones)."""
+    """Run the compose command's flags with the real binary (ports: any free ones the server picks
+    itself, read from its log, so no other program can take them in between; store: temporary)."""
     command = list(_compose()["services"]["nats"]["command"])
-    monitor = _free_port()
     command[command.index("-sd") + 1] = str(tmp_path / "data")
-    command[command.index("-m") + 1] = str(monitor)
+    command[command.index("-m") + 1] = "-1"  # the server picks a free monitoring port
+    log = tmp_path / "nats-server.log"
     proc = subprocess.Popen(
-        [str(find_server_binary()), *command, "-a", "127.0.0.1", "-p", "-1"],
+        [str(find_server_binary()), *command, "-a", "127.0.0.1", "-p", "-1", "-l", str(log)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     watchdog().guard(proc.pid, None)  # killed even if this test run is killed
     try:
-        url = f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
         deadline = time.monotonic() + 20
+        while not (monitor := re.search(r"Starting http monitor on 127\.0\.0\.1:(\d+)", _read(log))):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"the server never said where it monitors (exit code {proc.poll()}):\n{_read(log)}")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{monitor.group(1)}/healthz?js-enabled-only=true"
         while True:
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
@@ -124,21 +123,25 @@ def test_compose_cluster_profile_runs_three_named_nodes_that_route_to_each_other
 
 
 def test_compose_cluster_flags_give_three_nodes_that_elect_a_leader(tmp_path):
-    """The cluster services' flags with the real binary: service names and ports moved to 127.0.0.1."""
+    """The cluster services' flags with the real binary: service names moved to 127.0.0.1, route
+    ports chosen below the OS's automatic range (every node must know them all before it starts),
+    monitoring ports picked by each server and read from its log."""
     import json
 
-    routes = {service: _free_port() for service in CLUSTER}
-    monitors = {service: _free_port() for service in CLUSTER}
-    procs = []
+    from buslib.server.ports import restartable_ports
+
+    routes = dict(zip(CLUSTER, restartable_ports(3), strict=True))
+    procs, logs = [], {}
     try:
         for service in CLUSTER:
             command = list(_compose()["services"][service]["command"])
             command[command.index("-sd") + 1] = str(tmp_path / service)
-            command[command.index("-m") + 1] = str(monitors[service])
+            command[command.index("-m") + 1] = "-1"
             command[command.index("--cluster") + 1] = f"nats://127.0.0.1:{routes[service]}"
             command[command.index("--routes") + 1] = ",".join(f"nats://127.0.0.1:{routes[s]}" for s in CLUSTER)
+            logs[service] = tmp_path / f"{service}.log"
             proc = subprocess.Popen(
-                [str(find_server_binary()), *command, "-a", "127.0.0.1", "-p", "-1"],
+                [str(find_server_binary()), *command, "-a", "127.0.0.1", "-p", "-1", "-l", str(logs[service])],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -149,11 +152,12 @@ def test_compose_cluster_flags_give_three_nodes_that_elect_a_leader(tmp_path):
         while True:
             leaders = set()
             for service in CLUSTER:
+                monitor = re.search(r"Starting http monitor on 127\.0\.0\.1:(\d+)", _read(logs[service]))
                 try:
-                    url = f"http://127.0.0.1:{monitors[service]}/jsz"
-                    with urllib.request.urlopen(url, timeout=2) as response:
+                    assert monitor is not None
+                    with urllib.request.urlopen(f"http://127.0.0.1:{monitor.group(1)}/jsz", timeout=2) as response:
                         leaders.add((json.load(response).get("meta_cluster") or {}).get("leader"))
-                except OSError:
+                except (AssertionError, OSError):
                     leaders.add(None)
             if len(leaders) == 1 and None not in leaders:
                 break
@@ -167,6 +171,13 @@ def test_compose_cluster_flags_give_three_nodes_that_elect_a_leader(tmp_path):
         for proc in procs:
             proc.wait(10)
             watchdog().release(proc.pid)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 # -- environment.yml --------------------------------------------------------------------------

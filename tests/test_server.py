@@ -25,7 +25,15 @@ import pytest
 
 import buslib
 from buslib.errors import ServerError
-from buslib.server import EmbeddedServer, find_server_binary, pid_alive, remove_dead_owners_stores, temp_store_root
+from buslib.server import (
+    EmbeddedServer,
+    find_server_binary,
+    pid_alive,
+    process,
+    remove_dead_owners_stores,
+    temp_store_root,
+)
+from buslib.server.ports import automatic_port_range, restartable_port
 
 POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="POSIX only: signals, shell-script stand-ins")
 
@@ -109,6 +117,35 @@ def test_port_zero_picks_free_ports_for_two_servers_side_by_side():
     with EmbeddedServer() as first, EmbeddedServer() as second:
         assert first.port != second.port
         assert first.monitor_port != second.monitor_port
+
+
+def test_port_zero_picks_ports_below_the_automatic_range_so_a_restart_finds_them_free():
+    """Outgoing connections take their local port from the OS's automatic range: a crashed server's
+    port there may be gone by the time it restarts, one below it is not."""
+    low, _ = automatic_port_range()
+    with EmbeddedServer() as server:
+        assert server.port < low and server.monitor_port < low
+        assert server.port != server.monitor_port
+
+
+def test_a_picked_port_taken_before_the_server_binds_it_is_picked_again(monkeypatch):
+    """Another program may ask for the very port we picked: the start picks again."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", restartable_port()))
+    taken.listen(1)
+    picked: list[int] = []
+
+    def first_a_taken_one() -> int:
+        picked.append(taken.getsockname()[1] if not picked else restartable_port())
+        return picked[-1]
+
+    monkeypatch.setattr(process, "restartable_port", first_a_taken_one)
+    try:
+        with EmbeddedServer() as server:
+            assert len(picked) == 4  # client and monitoring port, twice
+            assert server.port == picked[2] != taken.getsockname()[1]
+    finally:
+        taken.close()
 
 
 async def test_async_context_manager_serves_jetstream():
@@ -272,14 +309,19 @@ def test_monitoring_port_taken_says_which_port_and_what_to_do():
     assert "monitor_port=0" in str(caught.value)
 
 
+def _my_temporary_stores() -> set[Path]:
+    """This process's temporary stores (named ``<owner pid>-<random>``); other programs' come and go meanwhile."""
+    return set(temp_store_root().glob(f"{os.getpid()}-*"))
+
+
 def test_failed_start_leaves_no_temporary_store():
-    before = set(temp_store_root().iterdir())
+    before = _my_temporary_stores()
     with EmbeddedServer() as running:
-        during = set(temp_store_root().iterdir())
+        during = _my_temporary_stores()
         with pytest.raises(ServerError):
             EmbeddedServer(port=running.port).start()
-        assert set(temp_store_root().iterdir()) - during == set()
-    assert set(temp_store_root().iterdir()) - before == set()
+        assert _my_temporary_stores() - during == set()
+    assert _my_temporary_stores() - before == set()
 
 
 def test_store_dir_that_cannot_be_created_is_explained(tmp_path):
@@ -428,9 +470,9 @@ def test_pid_alive_sees_this_process():
 
 
 async def _reconnects_through(server: EmbeddedServer, outage) -> int:
-    """Run ``outage()`` under a connected client; return how many reconnect attempts failed."""
+    """Run ``outage(failures)`` under a connected client; return how many reconnect attempts failed."""
     reconnected = asyncio.Event()
-    failures = []
+    failures: list[Exception] = []
 
     async def on_reconnect() -> None:
         reconnected.set()
@@ -441,7 +483,7 @@ async def _reconnects_through(server: EmbeddedServer, outage) -> int:
     nc = await buslib.connect(server.url, reconnected_cb=on_reconnect, error_cb=on_error)
     try:
         sub = await nc.subscribe("ping")
-        await outage()
+        await outage(failures)
         await asyncio.wait_for(reconnected.wait(), timeout=30)
         await nc.publish("ping", b"after")  # the subscription was replayed on the new server
         msg = await sub.next_msg(timeout=5)
@@ -453,7 +495,7 @@ async def _reconnects_through(server: EmbeddedServer, outage) -> int:
 
 
 async def test_client_reconnects_after_restart(server):
-    async def restart() -> None:
+    async def restart(failures) -> None:
         server.restart()
 
     await _reconnects_through(server, restart)
@@ -462,10 +504,13 @@ async def test_client_reconnects_after_restart(server):
 async def test_client_keeps_reconnecting_through_a_crash_and_an_outage(server):
     """More failed attempts than the first connect allows (one retry) do not end the client."""
 
-    async def crash_then_restart_later() -> None:
+    async def crash_then_restart_after_three_failed_attempts(failures) -> None:
         server.crash()
-        await asyncio.sleep(2.5)  # the server is down; the client retries with backoff meanwhile
+        for _ in range(300):  # the client retries with backoff meanwhile: 0.1 + 0.2 + 0.4 s at most
+            if len(failures) >= 3:
+                break
+            await asyncio.sleep(0.05)
         server.restart()
 
-    failed_attempts = await _reconnects_through(server, crash_then_restart_later)
-    assert failed_attempts >= 2
+    failed_attempts = await _reconnects_through(server, crash_then_restart_after_three_failed_attempts)
+    assert failed_attempts >= 3

@@ -122,8 +122,14 @@ async def test_worker_resumes_after_a_2_11_server_restart(binary_211, tmp_path, 
 
     with EmbeddedServer(binary=binary_211, store_dir=tmp_path / "store") as srv:
         async with EventBus.connect(service="compat", url=srv.url) as bus:
-            await bus.subscribe(Order, group="billing", handler=handle, ack_wait=2)
+            sub = await bus.subscribe(Order, group="billing", handler=handle, ack_wait=2)
+
+            async def pull_waiting() -> bool:  # the pull request the restart kills
+                return (await bus.js.consumer_info(sub.stream, sub.durable)).num_waiting > 0
+
+            await wait_until(pull_waiting, what="a waiting pull request")
             srv.restart()
             await wait_until(lambda: bus.nc.is_connected)
             await bus.publish(Order(order_id="after"))
             await wait_until(lambda: got == ["after"], timeout=20)
+            assert sub.stats.rebinds >= 1

@@ -24,10 +24,12 @@ import inspect
 import os
 from collections.abc import Mapping, Sequence
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from buslib._nats.headers import STATUS_LINE, parse_header_lines
+from buslib._nats.protocol import wire_size
 
 __all__ = ["ENABLED", "ENV", "Outbound", "ack", "install_header_parser", "publish_frames", "writes_frames"]
 
@@ -83,6 +85,9 @@ async def publish_frames(nc: Client, chunk: Sequence[bytes | Outbound]) -> None:
 async def _publish(
     nc: Client, subject: str, reply: str, data: bytes, block: bytes, headers: Mapping[str, str] | None
 ) -> None:
+    size = len(block) + len(data) if block else wire_size(data, headers)
+    if size > nc.max_payload:  # nats-py checks the payload alone; the server would close
+        raise nats.errors.MaxPayloadError  # the connection for good, so refuse it here, as nats-py would
     if headers is None:
         headers = parse_header_lines(block[len(STATUS_LINE) :])
     await nc.publish(subject, data, reply=reply, headers=dict(headers))

@@ -4,6 +4,8 @@
 5
 >>> server_version(nc)             # doctest: +SKIP
 '2.15.1'
+>>> await connection_account(nc)  # doctest: +SKIP
+'L07'
 
 The JetStream API level says which features a server has (2.11 -> 1, 2.12 -> 3,
 2.14 -> 4, 2.15 -> 5); the bus decides from it, never by trying, because an older server
@@ -12,7 +14,9 @@ may accept a setting it does not understand and silently drop it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -20,9 +24,34 @@ from nats.aio.client import Client
 
 from buslib._nats.protocol import API_PREFIX, ErrorCode
 
-__all__ = ["api_level", "jetstream_enabled", "server_version"]
+__all__ = ["api_level", "connection_account", "jetstream_enabled", "server_info", "server_name", "server_version"]
 
 _LEVELS: dict[tuple[int, str], int] = {}  # (id of client, connected URL) -> API level
+
+
+def server_info(nc: Client) -> dict[str, Any]:
+    """The INFO the server sent (nats-py keeps it even when authentication then failed)."""
+    info = getattr(nc, "_server_info", None)
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def server_name(nc: Client) -> str:
+    """The server's configured ``server_name`` (a generated id when the config sets none)."""
+    return str(server_info(nc).get("server_name") or "")
+
+
+async def connection_account(nc: Client, *, timeout: float = 2.0) -> str | None:
+    """The account this connection is bound to, as the server says (``$SYS.REQ.USER.INFO``), or None.
+
+    Any connection may ask; the answer names only its own user and account.
+    """
+    try:
+        reply = await nc.request("$SYS.REQ.USER.INFO", b"", timeout=timeout)
+        data = json.loads(reply.data).get("data") or {}
+    except (nats.errors.Error, asyncio.TimeoutError, ValueError, AttributeError):
+        return None
+    account = data.get("account") if isinstance(data, dict) else None  # 2.11 has no account_name
+    return str(account) if account else None
 
 
 def server_version(nc: Client) -> str:

@@ -46,23 +46,23 @@ _LOST = (
     nats.errors.NoRespondersError,  # JetStream not (yet) there
     nats.errors.OutboundBufferLimitError,  # not sent: nats-py's outage buffer was full
     nats.js.errors.NoStreamResponseError,  # no stream answered: no stream, or no leader (an election)
-    nats.js.errors.ServiceUnavailableError,  # a 503 from the API: "raft: not leader", no meta quorum
 )
 
 
 def retryable(result: object) -> bool:
     """Whether a publish with this result should be tried again with the same ``Nats-Msg-Id``.
 
-    Yes for no answer, no responders, not sent, a 503 from the API (2.11 answers "raft: not
-    leader" from a leader that just handed over), and "duplicate message id is in process"
-    (an earlier try of the same id is still being replicated). No for every other refusal
-    (limits, a wrong sequence, a stream that does not take the subject).
+    Yes for no answer, no responders, not sent, a 503 that means "not now" (2.11 answers
+    "raft: not leader", without an error code, from a leader that just handed over; 10008:
+    no meta leader), and "duplicate message id is in process" (an earlier try of the same id
+    is still being replicated). No for every other refusal, 503s with a code included: 10077
+    "maximum messages exceeded" is a 503 too, and a limit does not lift by waiting.
     """
     if isinstance(result, _LOST):
         return True
-    return isinstance(result, nats.js.errors.APIError) and (
-        result.code == 503 or result.err_code == ErrorCode.DUPLICATE_IN_PROCESS
-    )
+    if isinstance(result, nats.js.errors.ServiceUnavailableError):
+        return not result.err_code or result.err_code == ErrorCode.JETSTREAM_UNAVAILABLE
+    return isinstance(result, nats.js.errors.APIError) and result.err_code == ErrorCode.DUPLICATE_IN_PROCESS
 
 
 class Attempts:

@@ -10,7 +10,7 @@ the server and the stream allow them (:mod:`buslib.bus.fast_ingest`) or windowed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import nats.errors
 import nats.js.errors
@@ -29,7 +29,12 @@ __all__ = ["publish_many"]
 
 
 async def publish_many(
-    sender: Sender, events: Iterable[Event], *, window: int = 4096, fast_ingest: bool = True
+    sender: Sender,
+    events: Iterable[Event],
+    *,
+    window: int = 4096,
+    fast_ingest: bool = True,
+    progress: Callable[[int], object] | None = None,
 ) -> list[PubAck]:
     """Publish many events with many acknowledgements in flight; each stored once.
 
@@ -56,6 +61,11 @@ async def publish_many(
         window: how many publishes may await their acknowledgement at once (windowed).
         fast_ingest: use fast-ingest batches where available (see above); False for an
             exact ``PubAck`` per event.
+        progress: called with how many messages the server has confirmed stored so far in
+            this call, each time that number grows (every ack when windowed, every flow ack
+            of a fast-ingest batch): a progress bar, or a test's fault at a point the code
+            decides. It runs inside nats-py's message callback: keep it quick, and do not
+            await anything from it.
 
     Returns:
         One ``PubAck`` per event, in input order (for the event's first subject).
@@ -76,6 +86,7 @@ async def publish_many(
     results: list[Result] = [None] * len(prepared)
     todo = list(range(len(prepared)))
     fast: bool | None = None if fast_ingest and len(prepared) > 1 else False  # None: not decided yet
+    on_stored = None if progress is None else _counter(progress)
     attempts = sender.attempts()
     while await attempts.another():
         if attempts.made > 1:
@@ -91,14 +102,14 @@ async def publish_many(
         for i in todo:  # a slot still holds the last try's error: empty it, or this try's answer is ignored
             results[i] = None
         if fast and len(todo) > 1:
-            await send_fast_ingest(sender, prepared, todo, results)
+            await send_fast_ingest(sender, prepared, todo, results, on_stored=on_stored)
             # A refused message ends a fast batch: the windowed way gets the rest an exact answer each.
             # So does silence: while a cluster elects the stream's leader, a fast batch gets no answer
             # at all (a publish_timeout per try), a windowed publish an instant 503.
             answered = any(results[i] is not None for i in todo)
             fast = answered and not any(isinstance(results[i], nats.js.errors.APIError) for i in todo)
         else:
-            await send_windowed(sender, prepared, todo, results, window)
+            await send_windowed(sender, prepared, todo, results, window, on_stored=on_stored)
         todo = [i for i in todo if results[i] is None or retryable(results[i])]
         for kind in {type(results[i]) for i in todo}:  # what this try got, once per kind
             attempts.saw(next(results[i] for i in todo if type(results[i]) is kind), connected=sender.nc.is_connected)
@@ -136,3 +147,15 @@ async def _lookup(sender: Sender, subjects: set[str], fast: bool | None) -> bool
     if fast is None:
         return await fast_ingest_available(sender, subjects)
     return fast
+
+
+def _counter(progress: Callable[[int], object]) -> Callable[[int], None]:
+    """Adds up what each send reports newly stored and tells ``progress`` the running total."""
+    stored = 0
+
+    def add(newly_stored: int) -> None:
+        nonlocal stored
+        stored += newly_stored
+        progress(stored)
+
+    return add

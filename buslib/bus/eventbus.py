@@ -18,40 +18,27 @@ server, and otherwise keeps thousands of acked publishes in flight at once.
 
 Subscribing: a *group* is a durable pull consumer; every instance that subscribes with
 the same group shares the messages (each goes to one instance), and every group gets
-every message. The durable is named ``<group>__<subject>`` with dots, ``*`` and ``>``
-spelled ``_``, ``any`` and ``all`` (``billing__orders_created_v1``), so one group can
-consume several event types. Subscribing to a contract class reads its whole history:
+every message. The durable is named ``<group>__<subject>``
+(``billing__orders_created_v1``), so one group can consume several event types. Subscribing to a contract class reads its whole history:
 the consumer filters on every subject the class can decode (``filter_subjects``: v1 and
 v2 when an upcaster links them; the durable keeps the class's own subject in its name).
 A handler that returns acks the message; an exception retries it later (``Retry``);
 ``Reject``, exhausted retries and undecodable payloads go to the dead-letter sink and are
 terminated. Running handlers are kept alive with ``in_progress``, for at most
 ``handler_timeout`` (5 minutes by default): then the handler is cancelled and the message
-retried. A worker survives server restarts. If its stream is deleted, the subscription
-logs one warning, checks back quietly every few seconds, and resumes when a stream of that
-name exists again (``stop()`` it if the stream is gone for good).
+retried. A worker survives server restarts, and waits quietly for a deleted stream to return.
 
-How the consumer pulls: one inbox subscription per worker with pull requests kept
-overlapping (a new one goes out before the last is used up), so messages keep arriving
-while handlers run. nats-py's ``fetch()`` waits for each batch in turn, which is about
-3x slower. Only as many messages are pulled ahead as the handlers start within 0.1 s
-(measured as they run; at most ``prefetch``, and well within ``ack_wait``): what one
-member holds, the others of its group cannot take, so a longer look-ahead lets the first
-member grab a backlog (with 5 ms handlers, 512 ahead split 60 events 56/2/2 over three
-workers), and a slow handler would let buffered messages time out.
-
-Where the code is (``buslib/bus/``): this module is the facade; ``streams`` finds and creates
-streams (and detects drift), ``publisher`` and ``batch`` publish, ``consumer`` binds a
-group's durable, ``subscription`` runs a member's pull loop and ``settlement`` settles each
-delivery. Import everything from ``buslib``.
+Ordered groups (``ordered=True``) keep each key's events in order, one lane per partition
+of the stream (:mod:`buslib.bus.ordered`); ``deliver=`` says where a new group starts
+(:mod:`buslib.bus.deliver`); ``group_lag`` says how far behind a group is (:mod:`buslib.bus.lag`).
+How a member pulls (overlapping pull requests, a short look-ahead): :mod:`buslib.bus.subscription`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nats.aio.client import Client
@@ -60,19 +47,23 @@ from nats.js.api import PubAck, StorageType, StreamInfo
 
 from buslib._nats import fastpath
 from buslib._nats.info import api_level
+from buslib.bus import groups
 from buslib.bus.attempts import PUBLISH_DEADLINE
+from buslib.bus.connecting import BUS_OPTIONS, Connecting, check_bus_options
 from buslib.bus.consumer import ConsumerSpec
-from buslib.bus.options import BUS_OPTIONS, Connecting, check_bus_options
+from buslib.bus.deliver import Deliver, deliver_settings
+from buslib.bus.lag import GroupLag, consumers_lag
+from buslib.bus.ordered import OrderedSubscription
+from buslib.bus.partitions import lane_durable
 from buslib.bus.publisher import Publisher
-from buslib.bus.settlement import HANDLER_TIMEOUT, Handler, Settlement
-from buslib.bus.streams import DUPLICATE_WINDOW, StreamDirectory, subject_of
-from buslib.bus.subscription import Subscription, fast_ack
+from buslib.bus.settlement import HANDLER_TIMEOUT, Handler
+from buslib.bus.streams import StreamDirectory
+from buslib.bus.subscription import Subscription
 from buslib.connection import connect as _connect
-from buslib.contracts.versions import subjects_readable_by
 from buslib.errors import BusError
 from buslib.events import Event
 from buslib.retry import DeadLetterSink, Retry
-from buslib.subjects import check_group, check_subject
+from buslib.subjects import check_group, durable_name
 
 __all__ = ["EventBus"]
 
@@ -208,7 +199,7 @@ class EventBus:
 
     @property
     def subscriptions(self) -> list[Subscription]:
-        """The running subscriptions of this bus."""
+        """The running subscriptions of this bus (an ordered group's lanes one by one)."""
         return list(self._subscriptions)
 
     def _on_reconnected(self) -> None:
@@ -234,22 +225,35 @@ class EventBus:
         name: str | None = None,
         subjects: list[str] | None = None,
         storage: StorageType = StorageType.FILE,
-        duplicate_window: float = DUPLICATE_WINDOW,
+        duplicate_window: float | None = None,
         replicas: int | None = None,
+        partitions: int | None = None,
         **overrides: Any,
     ) -> StreamInfo:
         """Create the stream for an event type or subject, or check the existing one.
 
         By convention ``orders.created.v1`` lives in stream ``ORDERS`` with subjects
-        ``orders.>``, file storage and a 120 s duplicate window.
+        ``orders.>``, file storage and a 120 s duplicate window. **Default limits** of a
+        stream the bus creates: ``max_age`` 7 days, no ``max_bytes``, ``discard`` old.
+        Seven days leave time for replays, late groups and a week of debugging, and reserve
+        nothing. ``max_bytes`` is left out because the server *reserves* it from its store
+        when the stream is created, even while it is empty: a default would fill a small
+        server with empty streams (lesson 07 shows it), and with ``discard`` old a byte cap
+        silently drops what a slow group has not read. Size each stream you know (pass
+        ``max_bytes=...``); ``max_age=None`` keeps messages forever. Only what you ask for
+        is compared with an existing stream, never the default ``max_age``.
 
         Args:
             target: an ``Event`` subclass or a subject.
-            name / subjects / storage / duplicate_window: override the convention.
+            name / subjects / storage / duplicate_window: override the convention (the
+                duplicate window is at most ``max_age``).
             replicas: on a cluster, how many nodes keep a copy (``num_replicas``; 3 survives
                 the loss of one node). None: the server's default (1) for a new stream, and
                 an existing stream's count is not checked.
-            **overrides: other ``StreamConfig`` fields (``max_msgs=5``, ``discard=...``).
+            partitions: split a keyed event type's subjects into this many partitions
+                (``orders.placed.v1.<p>.<key>``), for ordered groups that work in parallel.
+                A stream partitions one keyed type; its count cannot change silently.
+            **overrides: other ``StreamConfig`` fields (``max_age=3600``, ``max_msgs=5``, ...).
 
         Returns:
             The stream's ``StreamInfo``.
@@ -257,8 +261,10 @@ class EventBus:
         Raises:
             ConfigDriftError: the stream exists with different settings (says which).
             SubjectError: the subject is not valid.
-            BusError: the server refused the stream (e.g. subjects overlap another stream, or
-                more replicas than the cluster has nodes).
+            ValueError: ``partitions`` or ``replicas`` out of range, or ``partitions`` for an event
+                type without a key.
+            BusError: the server refused the stream (subjects overlap, storage reserved, more
+                replicas than the cluster has nodes, ...).
         """
         return await self.streams.ensure(
             target,
@@ -267,32 +273,56 @@ class EventBus:
             storage=storage,
             duplicate_window=duplicate_window,
             replicas=replicas,
+            partitions=partitions,
             **overrides,
         )
 
     # -- publishing -------------------------------------------------------------------
-    async def publish(self, event: Event) -> PubAck:
+    async def publish(self, event: Event, *, expect_last_subject_seq: int | None = None) -> PubAck:
         """Publish an event and wait until the server has stored it (see :meth:`Publisher.publish`).
+
+        Args:
+            event: the event (a keyed one goes to its subject plus its key).
+            expect_last_subject_seq: optimistic concurrency: store the event only if the last
+                message on its subject still has this stream sequence (0: no message yet); get
+                it with :meth:`last_sequence`.
 
         Raises:
             TypeError: ``event`` is not an ``Event``.
+            ConcurrencyError: another writer published to the subject after that sequence.
             PublishError: not confirmed within ``publish_deadline``, or refused.
         """
-        return await self.publisher.publish(event)
+        return await self.publisher.publish(event, expect_last_subject_seq=expect_last_subject_seq)
+
+    async def last_sequence(self, target: type[Event] | str, *, key: object = None) -> int:
+        """The stream sequence of the last message on a subject (0 if none): what
+        ``publish(..., expect_last_subject_seq=...)`` expects.
+
+        Args:
+            target: an ``Event`` subclass (with ``key`` for a keyed one) or a subject.
+            key: the key, for a keyed event type (``last_sequence(OrderPlaced, key="C-1")``).
+        """
+        return await self.publisher.last_sequence(target, key=key)
 
     async def publish_many(
-        self, events: Iterable[Event], *, window: int = 4096, fast_ingest: bool = True
+        self,
+        events: Iterable[Event],
+        *,
+        window: int = 4096,
+        fast_ingest: bool = True,
+        progress: Callable[[int], object] | None = None,
     ) -> list[PubAck]:
         """Publish many events with many acknowledgements in flight; each stored once.
 
         See :func:`buslib.bus.batch.publish_many`: fast-ingest batches where the server
-        has them (2.14+), else ``window`` acknowledgements in flight.
+        has them (2.14+), else ``window`` acknowledgements in flight; ``progress(stored)``
+        follows the acknowledgements as they arrive.
 
         Raises:
             TypeError: an item is not an ``Event``.
             PublishManyError: some events were not stored (which, and how many were).
         """
-        return await self.publisher.publish_many(events, window=window, fast_ingest=fast_ingest)
+        return await self.publisher.publish_many(events, window=window, fast_ingest=fast_ingest, progress=progress)
 
     # -- subscribing ------------------------------------------------------------------
     async def subscribe(
@@ -312,23 +342,24 @@ class EventBus:
         pull_expires: float = 30.0,
         strict: bool = False,
         handler_timeout: float | None = HANDLER_TIMEOUT,
-    ) -> Subscription:
+        deliver: Deliver | None = None,
+        ordered: bool = False,
+        partitions: list[int] | None = None,
+    ) -> Subscription | OrderedSubscription:
         """Join a consumer group: each message of ``target`` goes to one instance of ``group``.
 
         Subscribing to a contract class reads its whole history: the consumer filters on
-        every subject the class can decode (``contracts.subjects_readable_by``: its own
-        and, through upcasters, its older versions'), and older messages arrive upcast.
+        every subject the class can decode (its own and, through upcasters, its older
+        versions'; ``orders.placed.v1.>`` for a keyed one), and older messages arrive upcast.
 
         Args:
             target: an ``Event`` subclass, or a subject (wildcards allowed).
             group: the group name; instances with the same name share the messages.
-            handler: ``async def handle(event, ctx: MessageContext) -> None``; it gets the
-                decoded event (raw ``bytes`` for a subject without ``event_type``). It must
-                not block the event loop (use ``await asyncio.to_thread(...)`` for slow
-                sync work), or keep-alives and other handlers stall.
+            handler: ``async def handle(event, ctx: MessageContext) -> None``, given the decoded
+                event (``bytes`` for a subject without ``event_type``); it must not block the loop.
             event_type: for a subject target, the type to decode into (``Event`` itself:
                 whichever type the ``ce-type`` header names).
-            concurrency: handlers running at once in this instance.
+            concurrency: handlers running at once in this instance (1 when ``ordered``).
             retry: the retry policy (``Retry()`` by default); sets ``max_deliver``.
             dead_letters: ``async def sink(failure: Failure)``, called before a message is
                 terminated (rejected, retries exhausted, undecodable).
@@ -336,86 +367,94 @@ class EventBus:
                 crashed worker); running handlers are kept alive automatically.
             stream: the stream (default: the one that stores the subject).
             update: change an existing durable whose config differs (else ConfigDriftError).
-            prefetch: at most this many messages pulled ahead of the handlers. Fewer in
-                practice: only what the handlers start within 0.1 s (and a quarter of
-                ``ack_wait``), measured as they run, so the members of a group share a
-                backlog and buffered messages never time out.
+            prefetch: at most this many messages pulled ahead (fewer: what starts within 0.1 s).
             pull_expires: seconds each pull request lives (heartbeats at 1/6 of it).
-            strict: reject payloads with fields the contract does not declare (they go to
-                the dead-letter sink as "undecodable"); the default reader ignores them.
-            handler_timeout: seconds a handler may run (kept alive with ``in_progress``
-                meanwhile); after that it is cancelled and the message is retried like any
-                failure (``TimeoutError``). Default 5 minutes; ``None``: no limit.
+            strict: reject payloads with fields the contract does not declare (dead letters).
+            handler_timeout: seconds a handler may run (kept alive meanwhile); then it is
+                cancelled and the message retried. Default 5 minutes; ``None``: no limit.
+            deliver: where the group starts **when it is created**: ``"all"`` (the oldest
+                stored message; the default), ``"new"``, ``"last"``, ``"last_per_subject"``
+                (the newest of each key), a stream sequence, an aware ``datetime`` or a
+                ``timedelta`` back from now. An existing group keeps its position; asking
+                it for another kind of start raises ``ConfigDriftError``.
+            ordered: keep each subject's (each key's) messages in order, retries included:
+                one message in flight per lane (``max_ack_pending=1``), one lane per
+                partition of the stream (``ensure_stream(..., partitions=N)``) or one for
+                the whole group. Returns an :class:`OrderedSubscription`.
+            partitions: with ``ordered``, the partitions this instance runs (default all).
 
         Returns:
-            The running ``Subscription`` (``.stats``, ``await .stop()``).
+            The running ``Subscription`` (``.stats``, ``await .stop()``), or an
+            ``OrderedSubscription`` of lanes with ``ordered=True``.
 
         Raises:
-            ValueError: empty or invalid group, concurrency < 1, handler_timeout <= 0.
+            ValueError: empty or invalid group, concurrency < 1, handler_timeout <= 0, a
+                deliver= that is not a starting point, partitions the stream does not have.
             SubjectError: invalid subject.
             ConfigDriftError: the durable exists with other settings and ``update`` is False.
-            BusError: the versions of a contract live in different streams.
+            BusError: the server refused the group, or the versions of a contract live in
+                different streams.
         """
         group = check_group(group)
-        subject = check_subject(subject_of(target), wildcards=True)
-        subjects = [subject]
-        if isinstance(target, type):
-            event_type = target
-            subjects = subjects_readable_by(target)  # [..., v1, v2]: the durable is named after the last
-        if handler_timeout is not None and not handler_timeout > 0:
-            raise ValueError(
-                f"handler_timeout is in seconds and must be > 0 (or None for no limit), got {handler_timeout}."
-            )
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
-        if not _is_async_callable(handler):
-            raise TypeError(
-                f"handler must be an async function `async def handle(event, ctx): ...`, got {handler!r}. "
-                "A plain `def` would block every other handler of this process while it runs."
-            )
-        if ack_wait < 0.5:
-            raise ValueError(f"ack_wait is in seconds and must be at least 0.5, got {ack_wait}.")
+        subject, filters, event_type = groups.target_filters(target, event_type)
+        groups.check_options(
+            handler, concurrency=concurrency, ack_wait=ack_wait, handler_timeout=handler_timeout, ordered=ordered
+        )
+        deliver_settings("all" if deliver is None else deliver)  # a bad starting point fails before anything is created
+        if partitions is not None and not ordered:
+            raise ValueError("partitions= chooses the lanes of an ordered group: pass ordered=True as well.")
         if stream is None:
-            stream = await self._stream_of(target, subject, subjects)
+            stream = await self._stream_of(target, subject, filters)
         spec = ConsumerSpec(
             group=group,
             stream=stream,
-            subjects=subjects,
+            subjects=filters,
             retry=retry or Retry(),
             ack_wait=ack_wait,
             event_type=event_type,
+            deliver=deliver,
+            name=durable_name(group, subject),
         )
-        settlement = Settlement(
-            group=group,
-            durable=spec.durable,
+        options: dict[str, Any] = dict(
+            update=update,
+            register=self._subscriptions,
             handler=handler,
-            event_type=event_type,
-            retry=spec.retry,
             dead_letters=dead_letters,
             strict=strict,
             handler_timeout=handler_timeout,
-            ack_timers=spec.ack_timers(),
-            ack=fast_ack(self.nc),
-        )
-        sub = Subscription(
-            self.nc,
-            spec,
-            settlement,
             concurrency=concurrency,
             prefetch=prefetch,
             pull_expires=pull_expires,
-            on_stopped=self._subscriptions.discard,
         )
-        await sub.start(update=update)
-        self._subscriptions.add(sub)
-        return sub
+        if not ordered:
+            return (await groups.start_members(self.nc, {0: spec}, **options))[0]
+        count = await self.streams.partitions(stream, subject, fresh=True)
+        lanes = await groups.start_members(self.nc, groups.lane_specs(spec, subject, count, partitions), **options)
+        return OrderedSubscription(lanes, subject=subject, partitions=count)
+
+    async def group_lag(self, target: type[Event] | str, *, group: str, stream: str | None = None) -> GroupLag:
+        """How far behind ``group`` is on ``target``: pending + unacknowledged, over all its durables.
+
+        Counts the group's plain durable and, on a partitioned stream, every lane of an
+        ordered group (whichever instance runs them). See :mod:`buslib.bus.lag`.
+
+        Raises:
+            LookupError: the group has no durable on this subject (it never subscribed).
+        """
+        subject = groups.target_filters(target, None)[0]
+        stream = stream or await self.streams.find(subject)
+        if stream is None:
+            raise LookupError(f"No stream stores {subject!r}, so group {group!r} has no lag to read.")
+        durable = durable_name(check_group(group), subject)
+        lanes = range(await self.streams.partitions(stream, subject, fresh=True) or 0)
+        return await consumers_lag(self.js, stream, [durable, *(lane_durable(durable, p) for p in lanes)])
 
     async def _stream_of(self, target: type[Event] | str, subject: str, subjects: list[str]) -> str:
         """The one stream a subscription reads: the subject's, which must hold the older versions too."""
         stream = await self.streams.find_or_create(
             subject, BusError(f"No stream stores {subject!r}. Create it with await bus.ensure_stream(...).")
         )
-        for older in subjects[:-1]:
+        for older in (s.removesuffix(".>") for s in subjects[:-1]):
             other = await self.streams.find(older)
             if other is not None and other != stream:  # no stream for the old version: still filtered on
                 name = getattr(target, "__name__", target)
@@ -425,8 +464,3 @@ class EventBus:
                     "contract in one stream, or subscribe to each subject separately."
                 )
         return stream
-
-
-def _is_async_callable(handler: object) -> bool:
-    call = type(handler).__dict__.get("__call__") if not inspect.isroutine(handler) else None
-    return inspect.iscoroutinefunction(handler) or (call is not None and inspect.iscoroutinefunction(call))

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
@@ -48,6 +49,7 @@ async def send(
     *,
     flow: int = 500,
     ahead: int = 8,
+    on_stored: Callable[[int], None] | None = None,
 ) -> None:
     """One fast-ingest batch (ADR-50): the batch state travels in each reply subject.
 
@@ -56,12 +58,14 @@ async def send(
     are stored), ``{"type":"err","seq":n,...}`` for a refused message, and a PubAck with
     ``batch``/``count`` at the end; on a gap ("fail" mode) the batch ends early. At most
     ``ahead`` flow acks are awaited at once (8: ~10% faster than 3 in benchmarks/bench_bus.py).
+    ``on_stored(n)`` is called with how many more messages are known stored, as acks arrive.
     """
     nc = sender.nc
     inbox = nc.new_inbox()
     batch = uuid.uuid4().hex
     total = len(todo)
     acked = 0
+    reported = 0  # how many stored messages on_stored has been told about
     final: PubAck | None = None
     errors: dict[int, Exception] = {}
     progress = asyncio.Event()
@@ -69,7 +73,7 @@ async def send(
     last_reply = time.monotonic()
 
     async def on_reply(msg: Msg) -> None:
-        nonlocal acked, final, last_reply
+        nonlocal acked, final, last_reply, reported
         last_reply = time.monotonic()
         try:
             resp = json.loads(msg.data)
@@ -96,6 +100,11 @@ async def send(
             finished.set()
         elif "error" in resp and final is None:  # the batch itself was refused or is gone
             finished.set()
+        if on_stored is not None:
+            known = (final.batch_size or 0) if final is not None else acked
+            if known > reported:
+                on_stored(known - reported)
+                reported = known
         progress.set()
 
     async def stalled(event: asyncio.Event) -> bool:

@@ -200,8 +200,12 @@ class Settlement:
             target = lookup_event_type(type_name, int(version))
         return codec.decode(data, headers, target, strict=self.strict)
 
-    async def process(self, msg: Msg, task: asyncio.Task[Any] | None = None) -> None:
-        """Decode, run the handler in ``task`` (the one running this), settle the message."""
+    async def process(self, msg: Msg, task: asyncio.Task[Any] | None = None, *, received: float | None = None) -> None:
+        """Decode, run the handler in ``task`` (the one running this), settle the message.
+
+        ``received`` is when the message arrived (``time.monotonic()``): its ack timer runs
+        from then, so the first keep-alive is due half a timer after it, not after handling starts.
+        """
         self.stats.received += 1
         stream, num, seq = delivery_info(msg)
         headers = msg.headers or {}
@@ -210,7 +214,8 @@ class Settlement:
             await self.settle(self._ack(msg))
             return
         now = time.monotonic()
-        delivery = Delivery(msg, self.ack_timers[min(num, len(self.ack_timers)) - 1], now, now, task)
+        timer = self.ack_timers[min(num, len(self.ack_timers)) - 1]
+        delivery = Delivery(msg, timer, received if received is not None else now, now, task)
         trace_id, token = tracing._enter_lazily(headers.get(tracing.HEADER))  # the handler runs inside the trace
         try:
             ctx = MessageContext(

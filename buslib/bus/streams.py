@@ -7,7 +7,9 @@
 'ORDERS'
 
 By convention ``orders.created.v1`` lives in stream ``ORDERS`` with subjects ``orders.>``,
-file storage and a 120 s duplicate window. A lookup is asked of the server once per subject
+file storage and a 120 s duplicate window. A stream the bus creates keeps messages for
+:data:`DEFAULT_MAX_AGE` (7 days) unless told otherwise, with no size limit of its own (see
+:meth:`StreamDirectory.ensure` for why). A lookup is asked of the server once per subject
 and remembered; a stream that vanishes is forgotten and looked up again.
 """
 
@@ -23,16 +25,18 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
 from buslib._nats.info import api_level
 from buslib._nats.protocol import ErrorCode
-from buslib.bus.drift import differences
+from buslib.bus import partitions as parts
+from buslib.bus.drift import differences, normalized
 from buslib.errors import BusError, ConfigDriftError, PublishError
 from buslib.events import Event
 from buslib.subjects import check_subject, stream_name_for, subject_matches
 
-__all__ = ["DUPLICATE_WINDOW", "FAST_INGEST_API_LEVEL", "StreamDirectory", "subject_of"]
+__all__ = ["DEFAULT_MAX_AGE", "DUPLICATE_WINDOW", "FAST_INGEST_API_LEVEL", "StreamDirectory", "subject_of"]
 
 log = logging.getLogger("buslib")
 
 DUPLICATE_WINDOW = 120.0  # seconds: a retried publish within this window is stored once
+DEFAULT_MAX_AGE = 7 * 24 * 3600.0  # seconds: what a stream the bus creates keeps, unless told otherwise
 FAST_INGEST_API_LEVEL = 4  # server API level that has fast-ingest batch publishing (2.14+)
 
 
@@ -60,6 +64,7 @@ class StreamDirectory:
         self.auto_create = auto_create
         self._stream_of_subject: dict[str, str] = {}  # a subject or a stream's pattern -> stream name
         self._batched: dict[str, bool] = {}  # stream name -> allow_batched
+        self._configs: dict[str, StreamConfig] = {}  # stream name -> its config, as last read
 
     async def ensure(
         self,
@@ -68,18 +73,25 @@ class StreamDirectory:
         name: str | None = None,
         subjects: list[str] | None = None,
         storage: StorageType = StorageType.FILE,
-        duplicate_window: float = DUPLICATE_WINDOW,
+        duplicate_window: float | None = None,
         replicas: int | None = None,
+        partitions: int | None = None,
         **overrides: Any,
     ) -> StreamInfo:
         """Create the stream for an event type or subject, or check the existing one.
 
-        See :meth:`buslib.EventBus.ensure_stream` for the arguments.
+        See :meth:`buslib.EventBus.ensure_stream` for the arguments and the default limits.
+        A new stream gets ``max_age`` 7 days unless ``max_age`` is given (``0`` or ``None``:
+        keep forever). An existing stream is compared only on what this call asks for: the
+        conventional subjects, storage, retention and duplicate window, ``partitions`` when
+        given, and every override passed; never on the default ``max_age``, so a stream
+        made before the default existed is not "drift".
 
         Raises:
             ConfigDriftError: the stream exists with different settings (says which).
             SubjectError: the subject is not valid.
-            BusError: the server refused the stream (e.g. subjects overlap another stream).
+            ValueError: ``partitions`` out of range, or asked for an event type without a key.
+            BusError: the server refused the stream (subjects overlap, not enough storage, ...).
         """
         subject = check_subject(subject_of(target), wildcards=True)
         name = name or stream_name_for(subject)
@@ -91,6 +103,11 @@ class StreamDirectory:
             if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 5:
                 raise ValueError(f"replicas is how many nodes keep a copy, 1 to 5 (3 is usual), got {replicas!r}.")
             overrides["num_replicas"] = replicas
+        if "max_age" in overrides and overrides["max_age"] is None:
+            overrides["max_age"] = 0  # "keep forever", the way the server says it
+        max_age = overrides.get("max_age", DEFAULT_MAX_AGE)
+        if duplicate_window is None:  # never longer than max_age: the server refuses that (10052)
+            duplicate_window = min(DUPLICATE_WINDOW, max_age) if max_age else DUPLICATE_WINDOW
         wanted: dict[str, Any] = {
             "name": name,
             "subjects": subjects,
@@ -99,11 +116,17 @@ class StreamDirectory:
             "duplicate_window": duplicate_window,
             **overrides,
         }
+        if partitions is not None:
+            wanted["subject_transform"] = parts.transform_for(_keyed_subject(target, subject), partitions)
         try:
             info = await self.js.stream_info(name)
         except nats.js.errors.NotFoundError:
-            info = await self._create(StreamConfig(**wanted), batched="allow_batched" not in overrides)
+            config = StreamConfig(**{"max_age": DEFAULT_MAX_AGE, **wanted})
+            info = await self._create(config, batched="allow_batched" not in overrides)
+        transform = wanted.pop("subject_transform", None)
         diffs = differences(info.config, {k: v for k, v in wanted.items() if k != "name"}, unordered=("subjects",))
+        if transform is not None:
+            diffs += _transform_drift(info.config, subject, transform, partitions or 0)
         if diffs:
             raise ConfigDriftError(
                 f"Stream {name!r} already exists with a different configuration:\n  " + "\n  ".join(diffs) + "\n"
@@ -113,6 +136,7 @@ class StreamDirectory:
         for s in subjects:
             self._stream_of_subject[s] = name
         self._batched[name] = bool(info.config.allow_batched)
+        self._configs[name] = info.config
         return info
 
     async def _create(self, config: StreamConfig, *, batched: bool) -> StreamInfo:
@@ -123,20 +147,7 @@ class StreamDirectory:
         except nats.js.errors.APIError as err:
             if err.err_code == ErrorCode.STREAM_NAME_IN_USE:  # created meanwhile by another instance
                 return await self.js.stream_info(config.name or "")
-            if err.err_code in (ErrorCode.REPLICAS_NOT_SUPPORTED, ErrorCode.NO_SUITABLE_PEERS):
-                raise BusError(
-                    f"Stream {config.name!r} cannot have {config.num_replicas} replicas here: {err.description} "
-                    f"(error {err.err_code}). Each replica lives on its own server, so replicas={config.num_replicas} "
-                    f"needs a cluster of at least {config.num_replicas} nodes (buslib.EmbeddedCluster, or "
-                    "`buslib server --cluster 3`); a single server keeps replicas=1."
-                ) from None
-            if not isinstance(err, nats.js.errors.BadRequestError):
-                raise
-            raise BusError(
-                f"The server refused to create stream {config.name!r} with subjects {config.subjects}: "
-                f"{err.description} (error {err.err_code}). If another stream already covers these subjects, "
-                "use that one (pass name=... and subjects=...) or delete it."
-            ) from None
+            raise BusError(_refusal(config, err)) from None
         log.info("created stream %s %s", config.name, config.subjects)
         return info
 
@@ -203,13 +214,87 @@ class StreamDirectory:
         if subject is None:
             self._stream_of_subject.clear()
             self._batched.clear()
+            self._configs.clear()
             return
         stream = self._stream_of_subject.get(subject)
         self._stream_of_subject = {k: v for k, v in self._stream_of_subject.items() if v != stream}
         self._batched.pop(stream or "", None)
+        self._configs.pop(stream or "", None)
 
     async def allows_batches(self, stream: str) -> bool:
         """Whether ``stream`` accepts fast-ingest batches (``allow_batched``)."""
         if stream not in self._batched:
             self._batched[stream] = bool((await self.js.stream_info(stream)).config.allow_batched)
         return self._batched[stream]
+
+    async def config(self, stream: str, *, fresh: bool = False) -> StreamConfig:
+        """The configuration of ``stream`` (read once and remembered, or now with ``fresh``)."""
+        if fresh or stream not in self._configs:
+            self._configs[stream] = (await self.js.stream_info(stream)).config
+        return self._configs[stream]
+
+    async def partitions(self, stream: str, subject: str, *, fresh: bool = False) -> int | None:
+        """How many partitions ``stream`` splits the keyed events of ``subject`` into (None: not partitioned)."""
+        return parts.partition_count(await self.config(stream, fresh=fresh), subject)
+
+    async def stored_subject(self, stream: str, subject: str) -> str:
+        """The subject a message published on ``subject`` is stored under (the partition added, if any)."""
+        return parts.stored_subject(await self.config(stream), subject)
+
+
+def _keyed_subject(target: type[Event] | str, subject: str) -> str:
+    """The subject whose keyed events a partitioned stream splits: a keyed contract's, or a plain subject."""
+    if isinstance(target, type) and target.event_key is None:
+        raise ValueError(
+            f"{target.__name__} has no key, so there is nothing to partition on: its events all share the "
+            f"subject {subject!r}. Declare the key on the contract, e.g. "
+            f'`class {target.__name__}(Event, type="{target.event_type}", key="customer_id")`.'
+        )
+    if "*" in subject or ">" in subject:
+        raise ValueError(f"partitions= needs a subject without wildcards (its keys follow it), got {subject!r}.")
+    return subject
+
+
+def _transform_drift(config: StreamConfig, subject: str, transform: Any, partitions: int) -> list[str]:
+    have = config.subject_transform
+    if have is not None and (have.src, have.dest) == (transform.src, transform.dest):
+        return []
+    count = parts.partition_count(config, subject)
+    shown = (
+        f"{count} partitions" if count else (f"the transform {have.src} -> {have.dest}" if have else "no partitions")
+    )
+    return [
+        f"subject_transform: the server has {shown}, this code asks for {partitions} partitions of {subject}.<key>. "
+        "Changing the count moves keys to other partitions while their older events stay where they are, so "
+        "per-key order breaks across the change: let every ordered group catch up (lag 0) first"
+    ]
+
+
+def _refusal(config: StreamConfig, err: nats.js.errors.APIError) -> str:
+    """Why the server refused to create a stream, and what to do, for a learner."""
+    code, name = err.err_code, config.name
+    said = f"{err.description} (error {code})"
+    if code in (ErrorCode.REPLICAS_NOT_SUPPORTED, ErrorCode.NO_SUITABLE_PEERS):
+        return (
+            f"Stream {name!r} cannot have {config.num_replicas} replicas here: {said}. Each replica lives on its own "
+            f"server, so replicas={config.num_replicas} needs a cluster of at least {config.num_replicas} nodes "
+            "(buslib.EmbeddedCluster, or `buslib server --cluster 3`); a single server keeps replicas=1."
+        )
+    if code in (ErrorCode.INSUFFICIENT_STORAGE, ErrorCode.INSUFFICIENT_MEMORY):
+        where = "max_memory_store" if code == ErrorCode.INSUFFICIENT_MEMORY else "max_file_store"
+        return (
+            f"The server refused to create stream {name!r} with max_bytes={normalized(config.max_bytes)}: {said}. "
+            f"A stream's max_bytes is reserved from the server's {where} when the stream is created, even while "
+            "it is empty, and the other streams' reservations leave too little. Ask for less, delete streams you "
+            "no longer need, or leave max_bytes out (the bus's streams are bounded by max_age)."
+        )
+    if code == ErrorCode.INVALID_STREAM_CONFIG:
+        return (
+            f"The server refused the configuration of stream {name!r}: {said}. For example duplicate_window "
+            f"({normalized(config.duplicate_window)} s) may not be longer than max_age "
+            f"({normalized(config.max_age)} s), and discard_new_per_subject needs discard=DiscardPolicy.NEW."
+        )
+    return (
+        f"The server refused to create stream {name!r} with subjects {config.subjects}: {said}. If another "
+        "stream already covers these subjects, use that one (pass name=... and subjects=...) or delete it."
+    )

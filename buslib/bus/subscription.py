@@ -88,7 +88,7 @@ class Subscription:
         self.pull_expires = pull_expires
         self._on_stopped = on_stopped
         self._timers = spec.ack_timers()
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Msg, float]] = asyncio.Queue()  # with when each arrived
         self._pending = 0  # messages asked for in pull requests, not yet received
         self._last_heard = time.monotonic()
         self._wanted_in_flight = concurrency  # messages to have in flight, buffered or asked for
@@ -372,7 +372,7 @@ class Subscription:
         if msg.reply:  # a JetStream delivery: its reply subject is the ack subject
             self._pending = max(0, self._pending - 1)
             if self._workers:
-                self._queue.put_nowait(msg)
+                self._queue.put_nowait((msg, self._last_heard))
                 return
             if self._inline_task is None:  # nats-py's task for this subscription runs every handler
                 self._inline_task = asyncio.current_task()
@@ -405,9 +405,9 @@ class Subscription:
     async def _work(self) -> None:
         queue, task = self._queue, asyncio.current_task()
         while True:
-            msg = await queue.get()
+            msg, received = await queue.get()
             try:
-                await self.settlement.process(msg, task)
+                await self.settlement.process(msg, task, received=received)
             except Exception:  # a bug here must not kill the worker
                 log.exception("%s: unexpected error while handling a message", self.durable)
             finally:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js.api import PubAck
 
 from buslib._nats.fastpath import publish_frames, writes_frames
 from buslib._nats.protocol import parse_pub_ack
@@ -27,8 +29,13 @@ async def send(
     todo: list[int],
     results: list[Result],
     window: int,
+    *,
+    on_stored: Callable[[int], None] | None = None,
 ) -> None:
-    """Core publishes with a reply subject each into one wildcard inbox; ``window`` outstanding."""
+    """Core publishes with a reply subject each into one wildcard inbox; ``window`` outstanding.
+
+    ``on_stored(1)`` is called for each message the server acknowledges as stored.
+    """
     nc = sender.nc
     prefix = nc.new_inbox() + "."
     reply_prefix = prefix.encode()
@@ -47,6 +54,8 @@ async def send(
                 results[i] = parse_pub_ack(msg)
             except Exception as err:  # never leave a reply unaccounted for
                 results[i] = ValueError(f"unreadable acknowledgement ({type(err).__name__}: {err})")
+            if on_stored is not None and isinstance(results[i], PubAck):
+                on_stored(1)
             outstanding -= 1
             if outstanding < window:
                 room.set()

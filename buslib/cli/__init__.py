@@ -12,7 +12,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from buslib.cli import contracts, dlq, doctor, progress, server
+from buslib.cli import contracts, dlq, doctor, progress, server, workshop
 from buslib.errors import BusError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -24,6 +24,7 @@ COMMANDS: dict[str, ModuleType] = {
     "dlq": dlq,
     "contracts": contracts,
     "progress": progress,
+    "workshop": workshop,
 }
 
 

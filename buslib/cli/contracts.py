@@ -59,7 +59,12 @@ def add_parser(commands: Any) -> None:
 
 
 def _modules(args: argparse.Namespace) -> list[str]:
-    return import_contract_modules(args.modules or project_settings().modules)
+    if args.modules:
+        return import_contract_modules(args.modules)
+    settings = project_settings()
+    if str(settings.root) not in sys.path:  # the project's own modules import from any subfolder
+        sys.path.insert(0, str(settings.root))
+    return import_contract_modules(settings.modules)
 
 
 def _snapshot_dir(args: argparse.Namespace) -> Path:

@@ -56,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     monitor_port = args.monitor_port
     if monitor_port is None:  # a second server on other ports must not collide on the monitoring port
         monitor_port = DEFAULT_MONITOR_PORT if args.port == DEFAULT_PORT else 0
+    stop = threading.Event()  # set by Ctrl-C or SIGTERM, from the moment the server may exist
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     if args.cluster is not None:
-        return run_cluster(args, monitor_port)
+        return run_cluster(args, monitor_port, stop)
     store = args.store_dir or DEFAULT_STORE
     server = EmbeddedServer(port=args.port, monitor_port=monitor_port, store_dir=store)
     try:
@@ -71,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  store:      {server.store_dir}")
     print(f"Use it from notebooks with:  NATS_URL={server.url} make lab")
     print("Press Ctrl-C to stop.", flush=True)
-    stop = _stop_on_signals()
     while not stop.wait(0.5):
         if not server.running:
             print("nats-server exited unexpectedly; see its log:", server.log_path, file=sys.stderr)
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_cluster(args: argparse.Namespace, monitor_port: int) -> int:
+def run_cluster(args: argparse.Namespace, monitor_port: int, stop: threading.Event) -> int:
     size = args.cluster
     if size < 1:
         print(f"error: --cluster needs a number of nodes, 1 or more (3 is usual), got {size}.", file=sys.stderr)
@@ -113,7 +115,6 @@ def run_cluster(args: argparse.Namespace, monitor_port: int) -> int:
     print(f"  NATS_URL:   {cluster.url}")
     print(f"Use it from notebooks with:  NATS_URL={cluster.url} make lab")
     print("Streams get copies on several nodes with ensure_stream(..., replicas=3). Press Ctrl-C to stop.", flush=True)
-    stop = _stop_on_signals()
     reported: set[str] = set()
     while not stop.wait(0.5):
         for node in cluster.nodes:
@@ -127,10 +128,3 @@ def run_cluster(args: argparse.Namespace, monitor_port: int) -> int:
     cluster.stop()
     print("Stopped. Messages are kept in", store)
     return 0
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop

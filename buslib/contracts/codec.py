@@ -36,6 +36,7 @@ from buslib.events import Event
 __all__ = [
     "Outgoing",
     "encode",
+    "published_subject",
     "constant_headers",
     "decode",
     "message_version",
@@ -61,7 +62,27 @@ class Outgoing:
 def _outgoing(event: Event, source: str, msg_id: str) -> Outgoing:
     cls = type(event)
     headers = constant_headers(cls, source) | {"ce-id": event.id, MSG_ID: msg_id}
-    return Outgoing(_constants(cls)[0], event.to_json(), headers, event)
+    return Outgoing(published_subject(event), event.to_json(), headers, event)
+
+
+def published_subject(event: Event) -> str:
+    """The subject ``event`` is published on: its type's, plus its key for a keyed type.
+
+    Raises:
+        ContractError: a keyed event whose key field is empty (it cannot end a subject).
+    """
+    cls = type(event)
+    subject = _constants(cls)[0]
+    if cls.event_key is None:
+        return subject
+    key = getattr(event, cls.event_key)
+    try:
+        return cls.subject_for(key)
+    except ValueError:  # SubjectError: None, "", or a type that is not a key
+        raise ContractError(
+            f"{cls.__name__}.{cls.event_key} is {key!r}, but it is the event's key: a non-empty string or an "
+            f"integer, which becomes the last token of the subject ({subject}.<{cls.event_key}>)."
+        ) from None
 
 
 _CONSTANTS: dict[type[Event], tuple[str, str, str, str]] = {}

@@ -47,6 +47,7 @@ __all__ = [
     "import_contract_modules",
     "require_contract",
     "subjects_readable_by",
+    "filters_readable_by",
     "upcaster",
     "versions_of",
 ]
@@ -265,9 +266,23 @@ def subjects_readable_by(contract: type[Event]) -> list[str]:
     >>> subjects_readable_by(OrderCreatedV2)   # doctest: +SKIP
     ['orders.created.v1', 'orders.created.v2']
     """
+    return [c.subject() for c in _readable_versions(contract)]
+
+
+def filters_readable_by(contract: type[Event]) -> list[str]:
+    """The consumer filters that read every message a consumer of ``contract`` can decode.
+
+    Like :func:`subjects_readable_by`, but a keyed version's messages carry the key as one
+    more token (``orders.placed.v1.C-1``; on a partitioned stream also the partition,
+    ``orders.placed.v1.2.C-1``), so its filter is ``orders.placed.v1.>``.
+    """
+    return [f"{c.subject()}.>" if c.event_key else c.subject() for c in _readable_versions(contract)]
+
+
+def _readable_versions(contract: type[Event]) -> list[type[Event]]:
     cls = require_contract(contract)
-    subjects, version = [cls.subject()], cls.event_version
+    found, version = [cls], cls.event_version
     while (cls.event_type, version - 1) in _UPCASTERS:  # each upcaster is exactly one step up
         version -= 1
-        subjects.insert(0, event_types()[(cls.event_type, version)].subject())
-    return subjects
+        found.insert(0, event_types()[(cls.event_type, version)])
+    return found

@@ -35,7 +35,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.errors import BadRequestError
 
 from buslib._nats.protocol import ErrorCode
-from buslib.dlq.entry import parse_timestamp
+from buslib.dlq.entry import DeadLetter, parse_timestamp
+from buslib.tracing import parse_traceparent
 
 __all__ = [
     "ADVISORY_STREAM",
@@ -85,6 +86,40 @@ class Advisory:
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+    def dead_letter(self, original: tuple[str, bytes, dict[str, str]] | None) -> DeadLetter:
+        """The dead letter for this MAX_DELIVERIES advisory: ``original`` is (subject, data, headers)
+        from the stream, or None when the stream no longer has it."""
+        if original is not None:
+            subject, data, headers = original
+            reason = (
+                f"The last of {self.deliveries} deliveries was never acknowledged (the worker hung past its ack "
+                "timeout or crashed on it). Found from the server's MAX_DELIVERIES advisory."
+            )
+        else:
+            subject, data, headers = "", b"", {}
+            reason = (
+                f"Delivered {self.deliveries} times without an acknowledgement, and the original is no "
+                f"longer in stream {self.stream} (removed by limits or by hand): the payload is lost."
+            )
+        trace = parse_traceparent(headers.get("traceparent"))
+        return DeadLetter(
+            id=0,
+            subject=subject,
+            reason=reason,
+            kind="exhausted",
+            group=self.consumer.split("__")[0],  # the bus names durables <group>__<subject>
+            consumer=self.consumer,
+            stream=self.stream,
+            stream_seq=self.stream_seq,
+            num_delivered=self.deliveries,
+            first_failure_at=None,
+            last_failure_at=self.timestamp,
+            trace_id=trace.trace_id if trace else None,
+            data=data,
+            headers=headers,
+            source="advisory",
+        )
 
 
 async def ensure_advisory_stream(js: Any, name: str = ADVISORY_STREAM) -> str:

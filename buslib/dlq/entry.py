@@ -9,13 +9,16 @@ An entry is an ordinary message in the dead-letter stream: the original payload 
 unchanged (its ``Nats-*`` headers kept under ``Bus-DLQ-Original-``, where the server ignores
 them), and these headers, plain text any client can read (docs/contracts.md lists them):
 ``Bus-DLQ-Subject``, ``-Stream``, ``-Stream-Seq``, ``-Consumer``, ``-Group``, ``-Deliveries``,
-``-Kind``, ``-Reason``, ``-First-Failure``, ``-Last-Failure`` (ISO 8601), ``-Trace-Id``, ``-Source``.
+``-Kind``, ``-Reason``, ``-First-Failure``, ``-Last-Failure`` (ISO 8601), ``-Trace-Id``, ``-Source``,
+and ``-Not-Copied`` on an entry whose original was too large to copy beside those headers
+(within the server's ``max_payload``): it then holds no payload and no original headers, and
+says why; the original stays in its stream, where ``replay`` reads it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -53,6 +56,8 @@ class DeadLetter:
         trace_id: the W3C trace id of the request, to find its logs.
         data / headers: the original payload and headers, unchanged.
         source: ``worker`` (the handler's verdict) or ``advisory`` (found by ``reconcile``).
+        not_copied: why ``data`` and ``headers`` are empty: the original was too large to copy
+            into the entry (it stays at ``stream``/``stream_seq``); ``""`` for a full copy.
     """
 
     id: int
@@ -70,6 +75,7 @@ class DeadLetter:
     data: bytes
     headers: dict[str, str]
     source: str = "worker"
+    not_copied: str = ""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly dict of everything but the payload (alerts, tables, ``--json``)."""
@@ -96,6 +102,7 @@ class DeadLetter:
             "Last-Failure": (self.last_failure_at or datetime.now(timezone.utc)).isoformat(),
             "Trace-Id": self.trace_id or "",
             "Source": self.source,
+            "Not-Copied": _one_line(self.not_copied),
         }
         stored.update({HEADER_PREFIX + k: v for k, v in added.items() if v})
         return stored
@@ -127,7 +134,17 @@ class DeadLetter:
             data=data or b"",
             headers=original,
             source=get(HEADER_PREFIX + "Source", "worker"),
+            not_copied=get(HEADER_PREFIX + "Not-Copied", ""),
         )
+
+    def without_original(self, size: int, limit: int) -> DeadLetter:
+        """This entry without the original's payload and headers (``size`` bytes, over ``limit``), saying why."""
+        why = (
+            f"the original message ({size} bytes with its headers) does not fit in a dead-letter entry beside its "
+            f"Bus-DLQ headers (the server's max_payload is {limit} bytes); it stays in stream {self.stream} at "
+            f"sequence {self.stream_seq}, unless the stream's limits removed it since"
+        )
+        return replace(self, data=b"", headers={}, not_copied=why)
 
 
 def parse_timestamp(text: str) -> datetime:

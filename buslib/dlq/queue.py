@@ -43,14 +43,13 @@ from nats.js.api import RawStreamMsg, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from buslib._nats.headers import parse_header_block
-from buslib._nats.protocol import MSG_ID, ErrorCode
+from buslib._nats.protocol import MSG_ID, ErrorCode, wire_size
 from buslib.dlq.advisories import ADVISORY_STREAM, Advisory, consumer_config, ensure_advisory_stream
 from buslib.dlq.entry import REPLAY_GROUP, REPLAYED_FROM, DeadLetter
 from buslib.dlq.filters import DeadLetterFilter
 from buslib.dlq.reconcile import ReconcileResult, reconcile, run_reconciler
 from buslib.errors import ConfigDriftError, DeadLetterNotFound, FilterError
 from buslib.retry import Failure
-from buslib.tracing import parse_traceparent
 
 __all__ = ["ALERT_SUBJECT", "DEAD_LETTER_STREAM", "DeadLetterQueue", "ReplayResult"]
 
@@ -185,37 +184,9 @@ class DeadLetterQueue:
         """Dead-letter the message a MAX_DELIVERIES advisory names (used by ``reconcile``)."""
         try:
             raw = await self.js.get_msg(advisory.stream, advisory.stream_seq)
-            data, headers, subject = raw.data or b"", _headers_of(raw), raw.subject or ""
-            reason = (
-                f"The last of {advisory.deliveries} deliveries was never acknowledged (the worker hung past its ack "
-                "timeout or crashed on it). Found from the server's MAX_DELIVERIES advisory."
-            )
-        except NotFoundError:
-            data, headers, subject = b"", {}, ""
-            reason = (
-                f"Delivered {advisory.deliveries} times without an acknowledgement, and the original is no "
-                f"longer in stream {advisory.stream} (removed by limits or by hand): the payload is lost."
-            )
-        trace = parse_traceparent(headers.get("traceparent"))
-        return await self._write(
-            DeadLetter(
-                id=0,
-                subject=subject,
-                reason=reason,
-                kind="exhausted",
-                group=advisory.consumer.split("__")[0],  # the bus names durables <group>__<subject>
-                consumer=advisory.consumer,
-                stream=advisory.stream,
-                stream_seq=advisory.stream_seq,
-                num_delivered=advisory.deliveries,
-                first_failure_at=None,
-                last_failure_at=advisory.timestamp,
-                trace_id=trace.trace_id if trace else None,
-                data=data,
-                headers=headers,
-                source="advisory",
-            )
-        )
+        except NotFoundError:  # removed by limits or by hand since
+            return await self._write(advisory.dead_letter(None))
+        return await self._write(advisory.dead_letter((raw.subject or "", raw.data or b"", _headers_of(raw))))
 
     async def has_entry_for(self, stream: str, consumer: str, stream_seq: int) -> bool:
         """Whether a message (source stream, consumer, sequence) is already in the queue."""
@@ -228,9 +199,10 @@ class DeadLetterQueue:
             return False
 
     async def _write(self, entry: DeadLetter) -> DeadLetter:
-        stored = entry.stored_headers()
-        # The same message always gets the same id: a second write is dropped as a duplicate.
-        stored[MSG_ID] = f"{entry.stream}:{entry.consumer}:{entry.stream_seq}"
+        stored = _stored_headers(entry)
+        if wire_size(entry.data, stored) > self.nc.max_payload:  # the server would close the connection
+            entry = entry.without_original(wire_size(entry.data, entry.headers), self.nc.max_payload)
+            stored = _stored_headers(entry)
         subject = self._entry_subject(entry.stream, entry.consumer, entry.stream_seq)
         ack = await self.js.publish(subject, entry.data, headers=stored)
         entry = DeadLetter.from_stored(ack.seq, entry.data, stored)
@@ -241,6 +213,19 @@ class DeadLetterQueue:
                 return entry
         await self._announce(entry)
         return entry
+
+    async def _original(self, entry: DeadLetter) -> tuple[bytes, dict[str, str]]:
+        """The original's payload and headers: the entry's copy, or from its stream if it was too large to copy."""
+        if not entry.not_copied:
+            return entry.data, entry.headers
+        try:
+            raw = await self.js.get_msg(entry.stream, entry.stream_seq)
+        except NotFoundError:
+            raise DeadLetterNotFound(
+                f"Entry {entry.id} holds no copy of its original (it was too large), and stream {entry.stream} "
+                f"no longer has it at sequence {entry.stream_seq}: there is nothing to replay."
+            ) from None
+        return raw.data or b"", _headers_of(raw)
 
     def _entry_subject(self, stream: str, consumer: str, seq: int) -> str:
         return f"{self.prefix}.{stream}.{consumer}.{seq}"
@@ -338,13 +323,24 @@ class DeadLetterQueue:
         """
         result = ReplayResult()
         for entry in await self._select(filters, ids, result.failed):
-            headers = {k: v for k, v in entry.headers.items() if not k.lower().startswith("nats-")}
+            try:
+                data, original = await self._original(entry)
+            except DeadLetterNotFound as err:
+                result.failed[entry.id] = str(err)
+                continue
+            headers = {k: v for k, v in original.items() if not k.lower().startswith("nats-")}
             headers[REPLAYED_FROM] = f"{self.stream}:{entry.id}"
             if entry.group:
                 headers[REPLAY_GROUP] = entry.group  # the other groups handled the original already
             headers[MSG_ID] = f"replay:{self.stream}:{entry.id}"
+            if (size := wire_size(data, headers)) > self.nc.max_payload:
+                result.failed[entry.id] = (
+                    f"The copy would be {size} bytes with its replay headers, over the server's max_payload "
+                    f"of {self.nc.max_payload}: it cannot be replayed as it is (the entry stays)."
+                )
+                continue
             try:
-                ack = await self.js.publish(entry.subject, entry.data, headers=headers)
+                ack = await self.js.publish(entry.subject, data, headers=headers)
             except Exception as err:  # no stream for the subject any more, server refused, ...
                 result.failed[entry.id] = f"{type(err).__name__}: {err}"
                 continue
@@ -411,6 +407,13 @@ def _client_of(bus_or_nc: Any) -> Client:
         f"DeadLetterQueue needs an EventBus or a connected nats Client, not {type(bus_or_nc).__name__}. "
         "(A JetStream context is not enough: alerts are published on the connection.)"
     )
+
+
+def _stored_headers(entry: DeadLetter) -> dict[str, str]:
+    stored = entry.stored_headers()
+    # The same message always gets the same id: a second write is dropped as a duplicate.
+    stored[MSG_ID] = f"{entry.stream}:{entry.consumer}:{entry.stream_seq}"
+    return stored
 
 
 def _headers_of(raw: RawStreamMsg) -> dict[str, str]:

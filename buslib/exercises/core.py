@@ -16,7 +16,8 @@ How an outcome looks (a coloured box, plain text, JSON) is :mod:`buslib.exercise
 ``check()`` is synchronous: it runs the checks on a fresh connection in a worker thread, so
 it behaves the same in JupyterLab, under nbval, in ``buslib progress`` and in plain
 Python, never touches the kernel's event loop, and needs no ``await``. Every check's
-outcome is also published as ``application/vnd.buslib.check+json`` so tools can collect it.
+outcome is also published as ``application/vnd.buslib.check+json`` so tools can collect it,
+and on a workshop server it is recorded for the instructor (:mod:`buslib.exercises.recording`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from buslib.exercises.feedback import MIME_TYPE, Feedback, Outcome, Status, show
+from buslib.exercises.recording import record_check
 from buslib.teaching.helpers import wait_until
 
 __all__ = [
@@ -119,21 +122,27 @@ class Context:
     """What checks share while one question is checked: a lazily opened connection.
 
     Args:
-        server: returns the URL (or URLs) to check against; None: ``NATS_URL`` or the
-            embedded server. It may raise :class:`Fail` (e.g. "run the setup cell first").
+        url: the server to check against; ``None`` means ``NATS_URL`` or the embedded server.
+            A function returning it is called when the checks first connect, and may raise
+            :class:`Fail` (exercise 06: "run the setup cell, it starts the cluster").
     """
 
-    def __init__(self, server: Callable[[], str | list[str] | None] | None = None) -> None:
+    def __init__(self, url: str | list[str] | Callable[[], str | list[str] | None] | None = None) -> None:
+        self.url = url
         self._nc: Any = None
-        self._server = server
 
     async def nc(self) -> Any:
         """The connection (opened on first use with ``buslib.connect``)."""
         if self._nc is None:
             from buslib.connection import connect
 
-            url = self._server() if self._server is not None else None
+            url = self.url() if callable(self.url) else self.url
             self._nc = await connect(url, name="buslib-exercise-check")
+        return self._nc
+
+    @property
+    def opened(self) -> Any:
+        """The connection if a check opened one, else None."""
         return self._nc
 
     async def js(self) -> Any:
@@ -269,8 +278,26 @@ class Question:
         return f"<Question {self.exercise}/{self.id} {self.title!r}: try .check(), .hint(), .solution()>"
 
     # -- running the checks -------------------------------------------------------------
-    async def outcome_async(self, namespace: Mapping[str, Any]) -> Outcome:
-        """Run the checks against ``namespace`` (the learner's variables) and return the outcome."""
+    async def outcome_async(self, namespace: Mapping[str, Any], *, url: str | None = None) -> Outcome:
+        """Run the checks against ``namespace`` (the learner's variables) and return the outcome.
+
+        Args:
+            namespace: the learner's variables.
+            url: the server to check against; ``None`` means the question's own ``server``
+                (exercise 06: its cluster), else ``NATS_URL`` or the embedded server.
+
+        On a workshop server the outcome is also recorded for the instructor (best effort).
+        """
+        ctx = Context(url if url is not None else self.server)
+        started = time.perf_counter()
+        try:
+            outcome = await self._evaluate(namespace, ctx)
+            await record_check(ctx, outcome, seconds=time.perf_counter() - started)
+            return outcome
+        finally:
+            await ctx.close()
+
+    async def _evaluate(self, namespace: Mapping[str, Any], ctx: Context) -> Outcome:
         values: dict[str, Any] = {}
         missing = [name for name in self.uses if name not in namespace or is_placeholder(namespace[name])]
         if missing:
@@ -280,7 +307,6 @@ class Question:
             )
         for name in self.uses:
             values[name] = namespace[name]
-        ctx = Context(self.server)
         try:
             for check in self.checks(**values):
                 await check.verify(ctx)
@@ -292,8 +318,6 @@ class Question:
             if isinstance(err, ConnectError):
                 return self._outcome(Status.ERROR, str(err))
             return self._outcome(Status.INCORRECT, f"Checking your answer raised {type(err).__name__}: {err}")
-        finally:
-            await ctx.close()
         return self._outcome(Status.CORRECT, "Well done.")
 
     def outcome(self, namespace: Mapping[str, Any] | None = None) -> Outcome:

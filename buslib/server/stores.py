@@ -29,6 +29,7 @@ __all__ = [
     "record_url",
     "release_store",
     "remove_dead_owners_stores",
+    "store_in_use",
     "store_owner",
     "temp_store_root",
 ]
@@ -75,6 +76,15 @@ def store_owner(store: Path) -> StoreOwner | None:
     if pid and pid != os.getpid() and pid_alive(pid):
         return StoreOwner(pid, url or None)
     return None
+
+
+def store_in_use(store: Path) -> int | None:
+    """The pid of the live process (this one included) whose server holds ``store``, or None."""
+    try:
+        pid = int((store / _OWNER_FILE).read_text().strip().partition(" ")[0] or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and pid_alive(pid) else None
 
 
 def claim_store(store: Path, holder: object) -> None:

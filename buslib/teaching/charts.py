@@ -1,10 +1,12 @@
-"""Charts for the lessons: messages handled per worker (live), and delivery timelines.
+"""Charts for the lessons: messages handled per worker (live), delivery timelines, handling order.
 
->>> from buslib.teaching import WorkerCounts, delivery_timeline
+>>> from buslib.teaching import WorkerCounts, delivery_timeline, handling_order
 >>> counts = WorkerCounts(["w1", "w2"])     # doctest: +SKIP
 >>> counts.increment("w1")                  # doctest: +SKIP
 1
 >>> delivery_timeline({"nak()": [0.0, 0.001], "nak(delay=1)": [0.0, 1.0]}, title="Retries")  # doctest: +SKIP
+>>> handling_order({"C-1": [0, 1, 2], "C-2": [0, 2, 1]}).late                                   # doctest: +SKIP
+{'C-1': [], 'C-2': [1]}
 
 Keep the numbers in the view's attributes (``counts.counts``, ``figure.series``): a lesson
 asserts on them.
@@ -23,7 +25,7 @@ from buslib.teaching._html import bundle_with_html, table_html
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Timeline", "WorkerCounts", "delivery_timeline"]  # noqa: F822 (Timeline is made on first use)
+__all__ = ["Timeline", "WorkerCounts", "delivery_timeline", "handling_order", "late_events"]  # noqa: F822 (Timeline is made on first use)
 
 
 class WorkerCounts(widgets.VBox):
@@ -137,6 +139,7 @@ def _timeline_class() -> type[Figure]:
 
             series: dict[str, list[float]]
             title: str
+            summary_lines: list[str] | None = None  # set by handling_order(): event numbers instead of times
 
             @property
             def summary(self) -> str:
@@ -145,6 +148,8 @@ def _timeline_class() -> type[Figure]:
                 (Named ``summary``, not ``text``: ``Figure.text()`` draws text on the figure.)
                 """
                 lines = [f"{self.title}:"]
+                if self.summary_lines:  # a handling-order chart: event numbers
+                    return "\n".join(lines + self.summary_lines)
                 for name, times in self.series.items():
                     lines.append(f"  {name}: " + ", ".join(f"{t:.3f}s" for t in times))
                 return "\n".join(lines)
@@ -230,5 +235,72 @@ def delivery_timeline(
     ax.set_xlabel("seconds since first delivery" if relative else "seconds")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def late_events(order: Sequence[int]) -> list[int]:
+    """The events handled after a later one of the same key: ``[0, 2, 1]`` -> ``[1]``.
+
+    >>> late_events([0, 1, 2, 4, 5, 3]), late_events([1, 0, 2])
+    ([3], [0])
+    """
+    late, highest = [], None
+    for n in order:
+        if highest is not None and n < highest:
+            late.append(n)
+        highest = n if highest is None else max(highest, n)
+    return late
+
+
+def handling_order(handled: Mapping[str, Sequence[int]], *, title: str = "Handling order per key") -> Figure:
+    """Draw each key's events in the order they were handled; an event handled late is red.
+
+    Args:
+        handled: ``{key: [event number, ...]}`` in handling order, e.g. ``{"C-2": [0, 1, 2, 4, 3]}``.
+        title: the chart title.
+
+    Returns:
+        A matplotlib Figure with ``series`` (the data), ``late`` (``{key: late events}``,
+        see :func:`late_events`) and ``summary`` (the same as text).
+
+    Raises:
+        ValueError: ``handled`` is empty.
+    """
+    if not handled:
+        raise ValueError("handling_order() needs at least one key, e.g. {'C-1': [0, 1, 2]}.")
+    import matplotlib.pyplot as plt
+
+    series = {str(k): [int(n) for n in v] for k, v in handled.items()}
+    late = {k: late_events(v) for k, v in series.items()}
+    width = max(len(v) for v in series.values())
+    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * width, 0.6 + 0.45 * len(series)), FigureClass=_timeline_class())
+    plt.close(fig)  # shown once, by the cell's return value
+    fig.series, fig.title, fig.late = series, title, late  # type: ignore[attr-defined]
+    fig.summary_lines = [  # type: ignore[attr-defined]
+        f"  {k}: " + " ".join(f"[{n}]" if n in late[k] else str(n) for n in v) for k, v in series.items()
+    ]
+    for row, (key, order) in enumerate(series.items()):
+        for x, n in enumerate(order):
+            red = n in late[key]
+            ax.text(
+                x,
+                row,
+                str(n),
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="white",
+                bbox={"boxstyle": "round,pad=0.3", "fc": "#c62828" if red else "#2e7d32", "ec": "none"},
+            )
+    ax.set_xlim(-0.7, width - 0.3)
+    ax.set_ylim(-0.7, len(series) - 0.3)
+    ax.invert_yaxis()
+    ax.set_yticks(range(len(series)), list(series))
+    ax.set_xticks(range(width), [str(i + 1) for i in range(width)])
+    ax.set_xlabel("handled 1st, 2nd, ... (red: handled after a later event of the same key)")
+    ax.set_title(title)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
     fig.tight_layout()
     return fig

@@ -1,9 +1,8 @@
-"""The EventBus's options, checked before anything connects, and what ``EventBus.connect(...)`` returns.
+"""``EventBus.connect(...)``: the awaitable and async context manager it returns, and option checks.
 
->>> check_bus_options("billing", publish_deadline=0)
-Traceback (most recent call last):
-...
-ValueError: publish_deadline is in seconds and must be > 0 (or None: no limit by time), got 0.
+>>> async with EventBus.connect(service="billing") as bus:    # doctest: +SKIP
+...     ...
+>>> bus = await EventBus.connect(service="billing")           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -13,29 +12,30 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from buslib.bus.attempts import PUBLISH_DEADLINE
 
-__all__ = ["BUS_OPTIONS", "Connecting", "check_bus_options"]
-
-BUS_OPTIONS = ("auto_create_streams", "publish_timeout", "publish_deadline", "publish_attempts")
-
 
 class _Closable(Protocol):
     async def close(self) -> None: ...
 
 
-BusT = TypeVar("BusT", bound=_Closable)
+B = TypeVar("B", bound=_Closable)  # the EventBus (this module sits below the facade, so it cannot name it)
+
+__all__ = ["BUS_OPTIONS", "Connecting", "check_bus_options"]
+
+# the EventBus's own connect options
+BUS_OPTIONS = ("auto_create_streams", "publish_timeout", "publish_deadline", "publish_attempts")
 
 
-class Connecting(Generic[BusT]):
+class Connecting(Generic[B]):
     """``EventBus.connect(...)``: await it, or use it with ``async with``."""
 
-    def __init__(self, factory: Callable[[], Awaitable[BusT]]) -> None:
+    def __init__(self, factory: Callable[[], Awaitable[B]]) -> None:
         self._factory = factory
-        self._bus: BusT | None = None
+        self._bus: B | None = None
 
-    def __await__(self) -> Generator[Any, None, BusT]:
+    def __await__(self) -> Generator[Any, None, B]:
         return self._factory().__await__()
 
-    async def __aenter__(self) -> BusT:
+    async def __aenter__(self) -> B:
         self._bus = await self._factory()
         return self._bus
 
@@ -52,6 +52,12 @@ def check_bus_options(
     publish_attempts: int | None = None,
     **_: Any,
 ) -> None:
+    """Refuse a bus that cannot work, before connecting (nothing to clean up then).
+
+    Raises:
+        ValueError: an empty service name, ``publish_timeout`` or ``publish_deadline`` <= 0,
+            ``publish_attempts`` < 1, or neither a deadline nor a count (it would never give up).
+    """
     if not isinstance(service, str) or not service.strip():
         raise ValueError(f"service must be a non-empty name such as 'billing', got {service!r}.")
     if not (isinstance(publish_timeout, (int, float)) and publish_timeout > 0):

@@ -1,0 +1,256 @@
+"""Serving a workshop room with the bundled nats-server, and a small local room for rehearsals and tests.
+
+>>> server = WorkshopServer(".buslib/workshop").start()     # doctest: +SKIP
+>>> await server.prepare()                                  # doctest: +SKIP  (the PROGRESS stream)
+>>> server.warnings                                         # doctest: +SKIP
+['listening on 0.0.0.0 without TLS: ...']
+>>> server.stop()                                           # doctest: +SKIP
+
+>>> async with LocalRoom(learners=3) as room:               # doctest: +SKIP
+...     room.learner_urls[0], room.instructor_url
+
+The server is an :class:`~buslib.server.EmbeddedServer` running the room's own
+configuration, so it is guarded like every other server of the kit: it never outlives the
+process that started it. The room decides the interface (the instructor's choice), and every
+connection must authenticate. ``start`` refuses an expired room.
+
+Serving a room on a cluster (``EmbeddedCluster``, issue 12) plugs in here: one
+``render_server_config`` per node with its own ``server_name``, ports, routes and store,
+all including the same ``accounts.conf``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from buslib.errors import ServerError, WorkshopError
+from buslib.server import EmbeddedServer
+from buslib.workshop.config import Limits, Room
+from buslib.workshop.progress import connect_instructor, ensure_progress_stream
+from buslib.workshop.room import create_room, instructor_urls, read_roster, write_room_files
+
+__all__ = ["LocalRoom", "WorkshopServer", "instructor_tls", "preflight"]
+
+
+def preflight(room: Room, *, now: dt.datetime | None = None) -> list[str]:
+    """What ``serve`` checks first: refuse an expired room; warn about what could go wrong later.
+
+    Returns:
+        Warnings, in plain words (no TLS on a network; limits the machine cannot keep).
+
+    Raises:
+        WorkshopError: the room's credentials have expired.
+    """
+    if room.expired(now):
+        raise WorkshopError(
+            f"This room's credentials expired at {room.valid_until.isoformat()} (workshop {room.id}, {room.folder}).\n"
+            "What to do: for a new session create a new room (new passwords: hand out the new roster), "
+            "or, to keep these passwords a while longer, extend the room (buslib workshop extend)."
+        )
+    warnings = []
+    if not room.tls and not room.loopback_only:
+        warnings.append(
+            f"listening on {room.listen} without TLS: passwords and messages cross the network as plain text. "
+            "Fine on a trusted classroom network; elsewhere create the room with a TLS certificate and key."
+        )
+    memory, disk = room.totals()
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    if ram and memory > ram // 2:
+        warnings.append(
+            f"the accounts may keep {memory / 1024**3:.1f} GiB in memory streams together, more than half of this "
+            f"machine's {ram / 1024**3:.1f} GiB: lower the per-learner memory limit."
+        )
+    store = room.store
+    existing = next((p for p in (store, *store.parents) if p.exists()), None)
+    free = shutil.disk_usage(existing).free if existing else 0
+    if existing and disk > free:
+        warnings.append(
+            f"the accounts may store {disk / 1024**3:.1f} GiB together, but {existing} has {free / 1024**3:.1f} GiB "
+            "free: lower the per-learner file limit or choose another store folder."
+        )
+    return warnings
+
+
+def instructor_tls(folder: str | Path) -> ssl.SSLContext | None:
+    """An SSL context that trusts the room's ``ca.pem``, when it has one (a self-signed certificate)."""
+    ca = Path(folder) / "ca.pem"
+    return ssl.create_default_context(cafile=str(ca)) if ca.is_file() else None
+
+
+class WorkshopServer:
+    """A room's nats-server: the room's configuration, the bundled binary, guarded by the watchdog.
+
+    Args:
+        folder: the room (written by ``buslib workshop init``).
+        binary: the nats-server to run; the bundled one when omitted.
+    """
+
+    def __init__(self, folder: str | Path, *, binary: str | Path | None = None) -> None:
+        self.folder = Path(folder)
+        self.room = Room.load(self.folder)
+        self.warnings: list[str] = []
+        self._binary = binary
+        self.server: EmbeddedServer | None = None
+
+    def start(self) -> WorkshopServer:
+        """Check the room, write its server configuration again, start the server, wait until ready.
+
+        Raises:
+            WorkshopError: the room has expired, or the server did not start (its own words included).
+        """
+        self.room = Room.load(self.folder)
+        self.warnings = preflight(self.room)
+        write_room_files(self.room)  # the server part follows workshop.json (e.g. after the folder moved)
+        server = EmbeddedServer(
+            config_file=self.folder / "workshop.conf", store_dir=self.room.store, binary=self._binary
+        )
+        try:
+            self.server = server.start()
+        except ServerError as err:
+            raise WorkshopError(
+                f"The workshop server did not start.\n{err}\nIf a port is taken: stop the program that uses it "
+                f"(maybe this room is already being served), or create the room with other ports."
+            ) from None
+        return self
+
+    async def prepare(self) -> None:
+        """Create the PROGRESS stream in the instructor's account (where every check is recorded)."""
+        url, _ = instructor_urls(self.folder)
+        nc = await connect_instructor(url, name="buslib-workshop-serve", tls=instructor_tls(self.folder))
+        try:
+            await ensure_progress_stream(nc.jetstream(timeout=5))
+        finally:
+            await nc.close()
+
+    @property
+    def running(self) -> bool:
+        return self.server is not None and self.server.running
+
+    @property
+    def version(self) -> str | None:
+        """The running nats-server's version."""
+        return self.server.version if self.server else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid if self.server else None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.server.log_path if self.server else None
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+    async def __aenter__(self) -> WorkshopServer:
+        self.start()
+        try:
+            await self.prepare()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalRoom:
+    """A small room on 127.0.0.1 in a temporary folder, served while the ``async with`` lasts.
+
+    For a rehearsal on one laptop, the board notebook's demonstration, and tests. Nothing
+    is left behind: the server stops and the folder is removed at the end.
+
+    Args:
+        learners: how many learner accounts.
+        limits: each learner account's limits.
+        binary: the nats-server to run.
+    """
+
+    def __init__(self, learners: int = 3, *, limits: Limits | None = None, binary: str | Path | None = None) -> None:
+        self.learners = learners
+        self.limits = limits
+        self.binary = binary
+        self.folder: Path | None = None
+        self.server: WorkshopServer | None = None
+
+    @property
+    def room(self) -> Room:
+        if self.server is None:
+            raise WorkshopError("The local room is not running: use it as `async with LocalRoom() as room:`.")
+        return self.server.room
+
+    @property
+    def learner_urls(self) -> list[str]:
+        """Each learner's NATS_URL, in roster order."""
+        return [line.nats_url for line in read_roster(self.room.folder)]
+
+    @property
+    def instructor_url(self) -> str:
+        return instructor_urls(self.room.folder)[0]
+
+    @property
+    def sys_url(self) -> str:
+        return instructor_urls(self.room.folder)[1]
+
+    async def start(self) -> LocalRoom:
+        """Create and serve the room (what ``async with`` does; for notebooks, where a block cannot span cells)."""
+        return await self.__aenter__()
+
+    async def stop(self) -> None:
+        """Stop the server and remove the room's folder."""
+        await self.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> LocalRoom:
+        self.folder = Path(tempfile.mkdtemp(prefix="buslib-workshop-"))
+        try:
+            create_room(
+                self.folder / "room",
+                learners=self.learners,
+                port=free_port(),
+                monitor_port=free_port(),
+                limits=self.limits,
+            )
+            self.server = await WorkshopServer(self.folder / "room", binary=self.binary).__aenter__()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.folder)
+            self.folder = None
+
+    def __repr__(self) -> str:
+        if self.server is None:
+            return "<LocalRoom stopped>"
+        return f"<LocalRoom workshop {self.room.id}: {self.learners} learners on 127.0.0.1:{self.room.port}>"
