@@ -79,11 +79,9 @@ class EventBus:
         auto_create_streams: create the conventional stream on the first publish to a
             subject no stream covers; if False, such a publish raises ``PublishError``.
         publish_timeout: seconds each try of a publish waits for its acknowledgement.
-        publish_deadline: seconds within which a publish keeps trying (same ``Nats-Msg-Id``,
-            so it is stored once) before it raises ``PublishError``; 15 by default, longer
-            than a cluster's leader election (4-12 s). None: no limit by time.
-        publish_attempts: at most this many tries per publish; None (the default): as many as
-            fit in ``publish_deadline``.
+        publish_deadline: seconds a publish keeps trying (same ``Nats-Msg-Id``) before it raises
+            ``PublishError``: 15, longer than a cluster's leader election. None: no limit by time.
+        publish_attempts: at most this many tries per publish; None: as many as fit in the deadline.
         owns_connection: ``close()`` also drains and closes ``nc`` (set by ``connect``).
 
     Attributes:
@@ -103,24 +101,13 @@ class EventBus:
         publish_attempts: int | None = None,
         owns_connection: bool = False,
     ) -> None:
-        check_bus_options(
-            service,
-            publish_timeout=publish_timeout,
-            publish_deadline=publish_deadline,
-            publish_attempts=publish_attempts,
-        )
+        publishing: dict[str, Any] = dict(publish_timeout=publish_timeout, publish_deadline=publish_deadline)
+        check_bus_options(service, publish_attempts=publish_attempts, **publishing)
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self.streams = StreamDirectory(nc, auto_create=auto_create_streams)
-        self.publisher = Publisher(
-            nc,
-            self.streams,
-            service=service,
-            publish_timeout=publish_timeout,
-            publish_deadline=publish_deadline,
-            publish_attempts=publish_attempts,
-        )
+        self.publisher = Publisher(nc, self.streams, service=service, publish_attempts=publish_attempts, **publishing)
         self._owns_connection = owns_connection
         self._subscriptions: set[Subscription] = set()
 
@@ -176,22 +163,10 @@ class EventBus:
     def auto_create_streams(self) -> bool:
         return self.streams.auto_create
 
-    @property
-    def publish_timeout(self) -> float:
-        return self.publisher.publish_timeout
-
-    @property
-    def publish_deadline(self) -> float | None:
-        return self.publisher.publish_deadline
-
-    @property
-    def publish_attempts(self) -> int | None:
-        return self.publisher.publish_attempts
-
-    @property
-    def publish_retries(self) -> int:
-        """Publishes repeated after a timeout, a reconnect or an election (same id: stored once)."""
-        return self.publisher.retries
+    publish_timeout = property(lambda self: self.publisher.publish_timeout, doc="Seconds each try waits.")
+    publish_deadline = property(lambda self: self.publisher.publish_deadline, doc="Seconds a publish keeps trying.")
+    publish_attempts = property(lambda self: self.publisher.publish_attempts, doc="At most this many tries, or None.")
+    publish_retries = property(lambda self: self.publisher.retries, doc="Tries repeated (same id: stored once).")
 
     async def api_level(self) -> int:
         """The server's JetStream API level (0 before 2.11; 2.12 -> 3, 2.14 -> 4, 2.15 -> 5)."""
@@ -247,9 +222,8 @@ class EventBus:
             target: an ``Event`` subclass or a subject.
             name / subjects / storage / duplicate_window: override the convention (the
                 duplicate window is at most ``max_age``).
-            replicas: on a cluster, how many nodes keep a copy (``num_replicas``; 3 survives
-                the loss of one node). None: the server's default (1) for a new stream, and
-                an existing stream's count is not checked.
+            replicas: on a cluster, how many nodes keep a copy (3 survives the loss of one).
+                None: the server's default (1) for a new stream; an existing one's is not checked.
             partitions: split a keyed event type's subjects into this many partitions
                 (``orders.placed.v1.<p>.<key>``), for ordered groups that work in parallel.
                 A stream partitions one keyed type; its count cannot change silently.
@@ -261,10 +235,8 @@ class EventBus:
         Raises:
             ConfigDriftError: the stream exists with different settings (says which).
             SubjectError: the subject is not valid.
-            ValueError: ``partitions`` or ``replicas`` out of range, or ``partitions`` for an event
-                type without a key.
-            BusError: the server refused the stream (subjects overlap, storage reserved, more
-                replicas than the cluster has nodes, ...).
+            ValueError: ``partitions`` or ``replicas`` out of range, ``partitions`` without a key.
+            BusError: the server refused it (subjects overlap, storage reserved, too few nodes, ...).
         """
         return await self.streams.ensure(
             target,
