@@ -207,7 +207,12 @@ async def test_a_group_keeps_consuming_when_the_node_it_is_connected_to_dies(clu
         await asyncio.gather(publish(), crash())
         wanted = {e.id for e in events}
         await wait_until(lambda: set(handled) >= wanted, timeout=ELECTION, what="all handled after the node died")
-        assert all(bus.nc.connected_url.port != cluster.node(victim).port for bus in workers)
+        gone = cluster.node(victim).port
+
+        def all_moved() -> bool:
+            return all(bus.nc.is_connected and bus.nc.connected_url.port != gone for bus in workers)
+
+        await wait_until(all_moved, timeout=ELECTION, what="every worker reconnected to a live node")
         assert cluster.leader_of(stream, durable) in leaders  # no leader was on it: no election
     finally:
         for bus in [admin, *workers]:

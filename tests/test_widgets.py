@@ -257,11 +257,13 @@ async def test_cluster_panel_shows_nodes_leaders_and_each_nodes_copy_through_a_c
         assert data["streams"]["ALONE"]["replicas"] == 1 and list(data["streams"]["ALONE"]["copies"]) == [alone]
         assert "PANEL" in panel.text and "R3" in panel.text and "PANEL" in panel.children[0].value
 
-        cluster.crash(alone)  # the R1 stream's only node
+        await cluster.move_leader("PANEL", alone)  # one crash: the R1 stream's node and the R3 stream's leader
+        cluster.crash(alone)
         data = await panel.refresh()
         assert not data["nodes"][alone]["running"] and f"{alone} down" in panel.text
         assert data["streams"]["ALONE"]["leader"] is None  # still shown: its node is down
         assert data["streams"]["ALONE"]["copies"][alone]["messages"] is None
-        assert data["streams"]["PANEL"]["copies"][alone]["messages"] is None
+        assert data["streams"]["PANEL"]["copies"][alone]["messages"] is None  # known from the others' view
+        assert data["streams"]["PANEL"]["leader"] in (None, *[n for n in cluster.names if n != alone])
         await nc.close()
         panel.close()

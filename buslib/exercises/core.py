@@ -286,16 +286,20 @@ class Question:
             url: the server to check against; ``None`` means the question's own ``server``
                 (exercise 06: its cluster), else ``NATS_URL`` or the embedded server.
 
-        On a workshop server the outcome is also recorded for the instructor (best effort).
+        On a workshop server the outcome is also recorded for the instructor (best effort); a
+        question checked on a server of its own records where ``NATS_URL`` points.
         """
         ctx = Context(url if url is not None else self.server)
+        recorder = Context() if url is None and self.server is not None else ctx
         started = time.perf_counter()
         try:
             outcome = await self._evaluate(namespace, ctx)
-            await record_check(ctx, outcome, seconds=time.perf_counter() - started)
+            await record_check(recorder, outcome, seconds=time.perf_counter() - started)
             return outcome
         finally:
             await ctx.close()
+            if recorder is not ctx:
+                await recorder.close()
 
     async def _evaluate(self, namespace: Mapping[str, Any], ctx: Context) -> Outcome:
         values: dict[str, Any] = {}

@@ -60,6 +60,8 @@ def cluster_snapshot(cluster: EmbeddedCluster, streams: str | None = None) -> di
             entry["copies"].setdefault(node.name, {"current": None, "lag": None})
             entry["copies"][node.name]["messages"] = (detail.get("state") or {}).get("messages", 0)
             entry["replicas"] = max(entry["replicas"], (detail.get("config") or {}).get("num_replicas") or 1)
+            for peer in info.get("replicas") or []:  # every node's view names its peers, down ones too
+                entry["copies"].setdefault(peer["name"], {"messages": None, "current": None, "lag": None})
             if info.get("leader") == node.name:  # the leader's view of its followers
                 entry["leader"] = node.name
                 entry["copies"][node.name].update(current=True, lag=0)
