@@ -21,6 +21,8 @@ BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus
 # Workshop isolation and credentials, proven again on the oldest server (accounts, imports, limits).
 WORKSHOP_TESTS = tests/test_workshop_isolation.py tests/test_workshop_auth.py
 LOWEST   := .venv-lowest
+# EmbeddedCluster and the bus on a cluster: run again on nats-server 2.11 as well.
+CLUSTER_TESTS = tests/test_cluster.py tests/test_cluster_bus.py
 # make soak: what runs RUNS times (the lessons, the exercise solutions, the bus and server tests)
 RUNS     ?= 10
 SOAK_TESTS = $(NOTEBOOKS) $(BUS_TESTS) tests/test_dlq.py tests/test_dlq_invariant.py \
@@ -66,9 +68,9 @@ test: lint $(LOWEST)/.installed  ## lint, every test (browser and notebooks incl
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
 	@# --- contracts: the CI gate, fails when a contract changed incompatibly with contracts/ ---
 	$(BIN)/buslib contracts check
-	@# --- the bus and workshop isolation again on nats-server 2.11, the oldest a learner's wheel brings ---
+	@# --- the bus, workshop isolation and the cluster (lesson 06) again on nats-server 2.11, the oldest a learner's wheel brings ---
 	$(BIN)/python tests/old_server.py > $(VENV)/.server-2.11-path
-	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) $(WORKSHOP_TESTS) -q $(PYTEST_ARGS)
+	BUSLIB_NATS_SERVER="$$(cat $(VENV)/.server-2.11-path)" $(BIN)/python -m pytest $(BUS_TESTS) $(WORKSHOP_TESTS) $(CLUSTER_TESTS) -q $(PYTEST_ARGS)
 	@# --- the bus again with nats-py's public API only (no fast paths), as on a nats-py without the hooks ---
 	BUSLIB_FAST_PATHS=0 $(BIN)/python -m pytest $(BUS_TESTS) tests/test_dlq.py -q $(PYTEST_ARGS)
 	@# --- the bus again on the lowest nats-py and pydantic that pyproject.toml allows ---

@@ -9,7 +9,7 @@ The package, bottom to top (each layer imports only from layers below it):
 - base modules: ``errors`` (every exception), ``subjects`` (names, keys, partitions),
   ``events`` (typed events), ``retry`` (policies and the one backoff formula),
   ``tracing`` (W3C traceparent);
-- ``server/``: real nats-servers, nothing left behind; ``_nats/``: the one place that
+- ``server/``: real nats-servers (one, or a cluster), nothing left behind; ``_nats/``: the one place that
   touches nats-py's internals; ``connection``: which server, fail-fast connect;
 - ``contracts/``: versions, schemas, the wire codec, compatibility, the registry;
 - ``bus/``: the EventBus, streams, publishing, consumer groups (ordered ones too),
@@ -47,7 +47,7 @@ from buslib.errors import (
 from buslib.events import Event, event_types, lookup_event_type
 from buslib.outbox import Inbox, Outbox, Relay
 from buslib.retry import Failure, Reject, Retry
-from buslib.server import EmbeddedServer, find_server_binary
+from buslib.server import EmbeddedCluster, EmbeddedServer, find_server_binary
 from buslib.subjects import partition_of
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "DeadLetterFilter",
     "DeadLetterQueue",
     "DecodeError",
+    "EmbeddedCluster",
     "EmbeddedServer",
     "Event",
     "EventBus",

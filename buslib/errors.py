@@ -73,7 +73,16 @@ class ConfigDriftError(BusError):
 
 
 class PublishError(BusError):
-    """An event was not stored (no stream covers the subject, or the server refused it)."""
+    """An event was not stored (no stream covers the subject, the server refused it, or no confirmation came).
+
+    Attributes:
+        event_id: the event's id (its ``Nats-Msg-Id``), when the error is about one event:
+            publishing the same event again is safe.
+    """
+
+    def __init__(self, message: str, *, event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.event_id = event_id
 
 
 class PublishManyError(PublishError):
@@ -87,9 +96,8 @@ class PublishManyError(PublishError):
     """
 
     def __init__(self, message: str, *, index: int, event_id: str, stored: int, acks: list[PubAck | None]) -> None:
-        super().__init__(message)
+        super().__init__(message, event_id=event_id)
         self.index = index
-        self.event_id = event_id
         self.stored = stored
         self.acks = acks
 

@@ -214,3 +214,47 @@ def test_buslib_server_on_a_taken_port_explains(nats_url, tmp_path):
     assert result.returncode == 1
     assert f"client port {port} is already taken" in result.stderr
     assert "--port 0" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name == "nt", reason="sends POSIX signals")
+async def test_buslib_server_cluster_prints_a_comma_separated_url_serves_r3_streams_and_stops(tmp_path, unique):
+    store = tmp_path / "cluster"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "buslib", "server", "--cluster", "3", "--port", "0", "--store-dir", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]
+        match = re.search(r"NATS_URL:\s+(\S+)", "".join(lines))
+        assert match, f"no NATS_URL in {lines!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+        url = match.group(1)
+        assert "A 3-node nats-server" in lines[0] and url.count(",") == 2
+        nc = await buslib.connect(url)  # the comma-separated form, as NATS_URL
+        info = await nc.jetstream().add_stream(name=f"CLI_{unique}", subjects=[f"cli{unique}.>"], num_replicas=3)
+        assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2
+        await nc.close()
+        pids = [
+            int(re.search(r"\[(\d+)\]", (store / n / "nats-server.log").read_text()).group(1))
+            for n in ("n0", "n1", "n2")
+        ]
+        assert all(pid_alive(pid) for pid in pids)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Stopped. Messages are kept in" in out
+    assert not any(pid_alive(pid) for pid in pids)
+    assert all((store / n / "jetstream").is_dir() for n in ("n0", "n1", "n2"))
+
+
+def test_buslib_server_cluster_needs_a_node_count_of_one_or_more(tmp_path):
+    result = _buslib("server", "--cluster", "0", "--store-dir", str(tmp_path))
+    assert result.returncode == 2 and "--cluster needs a number of nodes, 1 or more" in result.stderr

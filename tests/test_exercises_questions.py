@@ -11,6 +11,7 @@ learner must see (``test_every_question_has_two_right_and_two_wrong_answers`` ke
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,8 @@ async def learner_of():
         for name in ("bus", "nc"):
             if learner.get(name) is not None:
                 await learner[name].close()
+        if learner.get("cluster") is not None:  # exercise 06 starts a cluster of its own
+            await asyncio.to_thread(learner["cluster"].stop)
     for table, before in saved:  # classes and upcasters defined by answers are forgotten
         table.clear()
         table.update(before)
@@ -1362,6 +1365,195 @@ async def two_new_fields(learner):
         with_phone["properties"]["phone"] = {"type": "string"}
         with_phone["properties"]["mobile"] = {"type": "string"}
         revision = await registry.register(with_phone)
+    """,
+    )
+
+
+# == 06 ======================================================================================
+# Each answer runs the setup cell, which starts a 3-node cluster of its own; a crash of the
+# stream's leader costs an election (seconds), which the checks wait for.
+solution("06", "q1")
+
+
+@right("06", "q1")
+async def num_replicas_with_plain_nats_py(learner):
+    await run(
+        learner,
+        'orders = await bus.js.add_stream(name=STREAM, subjects=["ex06.orders.>"], num_replicas=3)',
+    )
+
+
+@wrong("06", "q1", "Stream EX06_ORDERS has 1 replica: its only copy is on n", "ask for 3 (replicas=3")
+async def one_replica(learner):
+    await run(learner, 'orders = await bus.ensure_stream(OrderPlaced, name=STREAM, subjects=["ex06.orders.>"])')
+
+
+@wrong("06", "q1", "Stream EX06_ORDERS has 2 replicas: a majority of 2 is 2, so losing any one of")
+async def two_replicas(learner):
+    await run(
+        learner,
+        'orders = await bus.ensure_stream(OrderPlaced, name=STREAM, subjects=["ex06.orders.>"], replicas=2)',
+    )
+
+
+@wrong("06", "q1", "does not cover 'ex06.orders.paid.v1'")
+async def only_the_placed_orders(learner):
+    await run(
+        learner,
+        'orders = await bus.ensure_stream(OrderPlaced, name=STREAM, subjects=["ex06.orders.placed.>"], replicas=3)',
+    )
+
+
+solution("06", "q2", after=("q1",))
+
+
+@right("06", "q2")
+async def the_leader_from_stream_info_and_one_publish_at_a_time(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        info = await bus.js.stream_info(STREAM)
+        crashed = info.cluster.leader
+        cluster.crash(crashed)
+        for order in ORDERS:
+            await bus.publish(order)
+    """,
+    )
+
+
+@wrong("06", "q2", "was a follower", "Crash the node that leads the stream")
+async def a_follower_crashed(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        crashed = next(name for name in cluster.names if name != cluster.leader_of(STREAM))
+        cluster.crash(crashed)
+        await bus.publish_many(ORDERS)
+    """,
+    )
+
+
+@wrong("06", "q2", "The orders were stored before", "Crash the leader first, then publish")
+async def published_before_the_crash(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        await bus.publish_many(ORDERS)
+        crashed = cluster.crash(cluster.leader_of(STREAM))
+    """,
+    )
+
+
+@wrong("06", "q2", "50 of 100 order(s) of ORDERS are not in EX06_ORDERS (e.g. A-50)")
+async def half_of_the_orders(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        crashed = cluster.crash(cluster.leader_of(STREAM))
+        await bus.publish_many(ORDERS[:50])
+    """,
+    )
+
+
+solution("06", "q3", after=("q1",))
+
+
+@right("06", "q3")
+async def two_crashed_a_bus_of_its_own_and_start_to_bring_them_back(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        for name in cluster.names[1:]:
+            cluster.crash(name)
+        impatient = await EventBus.connect(service="impatient", url=cluster.urls, publish_deadline=2.0)
+        try:
+            await impatient.publish(LATE)
+        except PublishError as err:
+            error = err
+        await impatient.close()
+        cluster.start()  # starts the nodes that are down and waits until all are healthy
+        ack = await bus.publish(LATE)
+    """,
+    )
+
+
+@wrong("06", "q3", "error is None: publishing LATE did not fail", "Crash two of the three nodes first")
+async def only_one_node_down(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        down = cluster.crash(next(name for name in cluster.names if name != cluster.leader_of(STREAM)))
+        impatient = EventBus(bus.nc, service="ex06", publish_deadline=2.0)
+        error = None
+        try:
+            await impatient.publish(LATE)
+        except PublishError as err:
+            error = err
+        cluster.restart(down)
+        ack = await bus.publish(LATE)
+    """,
+    )
+
+
+@wrong("06", "q3", "Order LATE-1 is stored under", "the retry published a new event", "Publish LATE itself again")
+async def the_retry_is_a_new_event(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        keep = cluster.meta_leader()
+        down = [cluster.crash(name) for name in cluster.names if name != keep]
+        impatient = EventBus(bus.nc, service="ex06", publish_deadline=2.0)
+        try:
+            await impatient.publish(LATE)
+        except PublishError as err:
+            error = err
+        for name in down:
+            cluster.restart(name, wait=False)
+        ack = await bus.publish(OrderPlaced(order_id=LATE.order_id))  # a new event: a new id
+    """,
+    )
+
+
+@wrong("06", "q3", "is still down: restart every node you crashed", "cluster.restart(")
+async def one_node_left_down(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        keep = cluster.meta_leader()
+        down = [cluster.crash(name) for name in cluster.names if name != keep]
+        impatient = EventBus(bus.nc, service="ex06", publish_deadline=2.0)
+        try:
+            await impatient.publish(LATE)
+        except PublishError as err:
+            error = err
+        cluster.restart(down[0])  # two of three is a majority again: the publish works
+        ack = await bus.publish(LATE)
+    """,
+    )
+
+
+@wrong("06", "q3", "Two nodes were never down at the same time", "an election, if you crashed a leader")
+async def the_leader_alone_down(learner):
+    await solve(learner, "06", "q1")
+    await run(
+        learner,
+        """
+        down = cluster.crash(cluster.leader_of(STREAM))  # an election: longer than 2 s, so the publish fails
+        impatient = EventBus(bus.nc, service="ex06", publish_deadline=2.0)
+        try:
+            await impatient.publish(LATE)
+        except PublishError as err:
+            error = err
+        cluster.restart(down)
+        ack = await bus.publish(LATE)
     """,
     )
 

@@ -94,6 +94,85 @@ def test_compose_server_flags_give_a_server_whose_healthcheck_passes(tmp_path):
         watchdog().release(proc.pid)
 
 
+CLUSTER = ("nats-1", "nats-2", "nats-3")
+
+
+def test_compose_cluster_profile_runs_three_named_nodes_that_route_to_each_other():
+    compose = _compose()
+    single = compose["services"]["nats"]
+    assert "profiles" not in single  # `docker compose up -d` still starts the one server only
+    names = []
+    for service in CLUSTER:
+        node = compose["services"][service]
+        assert node["profiles"] == ["cluster"] and node["image"] == single["image"]
+        command = node["command"]
+        assert "-js" in command and command[command.index("-sd") + 1] == "/data"
+        assert command[command.index("--cluster_name") + 1] == "lab"
+        routes = command[command.index("--routes") + 1].split(",")
+        assert routes == [f"nats://{other}:6222" for other in CLUSTER]
+        names.append(command[command.index("--name") + 1])
+        volume, _, mount = node["volumes"][0].partition(":")
+        assert mount == "/data" and volume in compose["volumes"]
+        assert all(port.startswith("127.0.0.1:") for port in node["ports"])  # loopback only
+        assert node["healthcheck"] == single["healthcheck"]
+    assert names == ["n1", "n2", "n3"]
+    client_ports = [compose["services"][s]["ports"][0].split(":")[1] for s in CLUSTER]
+    assert client_ports == ["4223", "4224", "4225"]  # the NATS_URL the README gives
+    readme = (REPO / "README.md").read_text()
+    assert "NATS_URL=nats://localhost:4223,nats://localhost:4224,nats://localhost:4225" in readme
+
+
+def test_compose_cluster_flags_give_three_nodes_that_elect_a_leader(tmp_path):
+    """The cluster services' flags with the real binary: service names moved to 127.0.0.1, route
+    ports chosen below the OS's automatic range (every node must know them all before it starts),
+    monitoring ports picked by each server and read from its log."""
+    import json
+
+    from buslib.server.ports import restartable_ports
+
+    routes = dict(zip(CLUSTER, restartable_ports(3), strict=True))
+    procs, logs = [], {}
+    try:
+        for service in CLUSTER:
+            command = list(_compose()["services"][service]["command"])
+            command[command.index("-sd") + 1] = str(tmp_path / service)
+            command[command.index("-m") + 1] = "-1"
+            command[command.index("--cluster") + 1] = f"nats://127.0.0.1:{routes[service]}"
+            command[command.index("--routes") + 1] = ",".join(f"nats://127.0.0.1:{routes[s]}" for s in CLUSTER)
+            logs[service] = tmp_path / f"{service}.log"
+            proc = subprocess.Popen(
+                [str(find_server_binary()), *command, "-a", "127.0.0.1", "-p", "-1", "-l", str(logs[service])],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            watchdog().guard(proc.pid, None)
+            procs.append(proc)
+        deadline = time.monotonic() + 30
+        leaders: set[str | None] = set()
+        while True:
+            leaders = set()
+            for service in CLUSTER:
+                monitor = re.search(r"Starting http monitor on 127\.0\.0\.1:(\d+)", _read(logs[service]))
+                try:
+                    assert monitor is not None
+                    with urllib.request.urlopen(f"http://127.0.0.1:{monitor.group(1)}/jsz", timeout=2) as response:
+                        leaders.add((json.load(response).get("meta_cluster") or {}).get("leader"))
+                except (AssertionError, OSError):
+                    leaders.add(None)
+            if len(leaders) == 1 and None not in leaders:
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                pytest.fail(f"no agreed meta leader: {leaders} (exit codes {[p.poll() for p in procs]})")
+            time.sleep(0.05)
+        assert leaders <= {"n1", "n2", "n3"}
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+            watchdog().release(proc.pid)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")

@@ -218,3 +218,52 @@ def test_dead_letter_table_update_columns_and_empty():
     table.update([{"seq": 1, "reason": "boom", "extra": "hidden"}])
     assert "boom" in table.value and "hidden" not in table.value
     assert table.text.splitlines()[0].split() == ["seq", "reason"]
+
+
+# -- cluster panel -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_cluster_panel_shows_nodes_leaders_and_each_nodes_copy_through_a_crash():
+    from buslib import EmbeddedCluster
+    from buslib.connection import connect
+    from buslib.teaching import ClusterPanel, cluster_panel
+
+    async with EmbeddedCluster() as cluster:
+        nc = await connect(cluster.urls)
+        js = nc.jetstream()
+        await js.add_stream(name="PANEL", subjects=["panel.>"], num_replicas=3)
+        await js.add_stream(name="ALONE", subjects=["alone.>"], num_replicas=1)
+        await js.add_consumer("PANEL", durable_name="billing")
+        for _ in range(5):
+            await js.publish("panel.x", b"x")
+        await js.publish("alone.x", b"x")
+        panel = cluster_panel(cluster, refresh=None)
+        assert isinstance(panel, ClusterPanel) and isinstance(panel, ipywidgets.Widget)
+        data = await panel.refresh()
+        assert data is panel.data and set(data["nodes"]) == {"n0", "n1", "n2"}
+        assert data["meta_leader"] == cluster.meta_leader() and data["nodes"][data["meta_leader"]]["meta_leader"]
+        panel_stream = data["streams"]["PANEL"]
+        assert panel_stream["leader"] == cluster.leader_of("PANEL") and panel_stream["replicas"] == 3
+        await _wait_for(lambda: cluster.stored("PANEL") == {"n0": 5, "n1": 5, "n2": 5})
+        data = await panel.refresh()
+        assert {name: copy["messages"] for name, copy in data["streams"]["PANEL"]["copies"].items()} == {
+            "n0": 5,
+            "n1": 5,
+            "n2": 5,
+        }
+        assert data["streams"]["PANEL"]["consumers"] == {"billing": cluster.leader_of("PANEL", "billing")}
+        alone = cluster.leader_of("ALONE")
+        assert data["streams"]["ALONE"]["replicas"] == 1 and list(data["streams"]["ALONE"]["copies"]) == [alone]
+        assert "PANEL" in panel.text and "R3" in panel.text and "PANEL" in panel.children[0].value
+
+        await cluster.move_leader("PANEL", alone)  # one crash: the R1 stream's node and the R3 stream's leader
+        cluster.crash(alone)
+        data = await panel.refresh()
+        assert not data["nodes"][alone]["running"] and f"{alone} down" in panel.text
+        assert data["streams"]["ALONE"]["leader"] is None  # still shown: its node is down
+        assert data["streams"]["ALONE"]["copies"][alone]["messages"] is None
+        assert data["streams"]["PANEL"]["copies"][alone]["messages"] is None  # known from the others' view
+        assert data["streams"]["PANEL"]["leader"] in (None, *[n for n in cluster.names if n != alone])
+        await nc.close()
+        panel.close()

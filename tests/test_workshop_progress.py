@@ -77,6 +77,17 @@ def test_a_learners_check_through_nats_url_is_recorded(room, monkeypatch):
     assert any(r.account == "L03" and r.key == "00/q1" and r.message == outcome.message for r in records)
 
 
+def test_a_question_checked_on_a_server_of_its_own_is_recorded_where_nats_url_points(room, monkeypatch):
+    """Exercise 06 checks the cluster its notebook started; the record still goes to the workshop."""
+    from buslib.exercises import ex06
+
+    monkeypatch.setenv("NATS_URL", room["L01"])
+    outcome = ex06.q1.outcome({"orders": "not what ensure_stream returns"})
+    assert outcome.status is Status.INCORRECT and "expected a StreamInfo" in outcome.message
+    records = asyncio.run(_records(room["INSTRUCTOR"], 1))
+    assert any(r.account == "L01" and r.key == "06/q1" and r.message == outcome.message for r in records)
+
+
 def test_the_cli_board_and_progress_export_read_the_room(room, capsys):
     folder = room["folder"]
     assert "BUSLIB_WORKSHOP_URL" not in os.environ  # the room's own instructor.env is used

@@ -22,7 +22,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from buslib._nats.protocol import API_PREFIX
+from buslib._nats.protocol import API_PREFIX, ErrorCode
 
 __all__ = ["api_level", "connection_account", "jetstream_enabled", "server_info", "server_name", "server_version"]
 
@@ -80,10 +80,18 @@ async def api_level(nc: Client, *, timeout: float = 2.0) -> int:
 
 
 async def jetstream_enabled(nc: Client, *, timeout: float = 2.0) -> bool:
-    """Whether JetStream answers for this connection's account (off on the server, or for the account)."""
+    """Whether JetStream is on for this connection's account (off on the server, or for the account).
+
+    A cluster that lost its majority has JetStream on but cannot answer now: its servers take
+    the request and time out, or say "temporarily unavailable" (10008). That counts as on.
+    """
     try:
         await nc.jetstream(timeout=timeout).account_info()
-    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+    except nats.errors.TimeoutError:
+        return True  # someone took the request: JetStream is there, without a meta leader right now
+    except nats.js.errors.ServiceUnavailableError as err:  # no responders: no JetStream at all
+        return err.err_code == ErrorCode.JETSTREAM_UNAVAILABLE
+    except nats.errors.NoRespondersError:
         return False
     except nats.js.errors.APIError as err:
         return err.code != 503

@@ -52,6 +52,8 @@ class ErrorCode(IntEnum):
     Measured on servers 2.11 to 2.15 (lesson 07 shows most of them happen).
     """
 
+    NO_SUITABLE_PEERS = 10005  # a cluster has too few nodes for the replicas asked for
+    JETSTREAM_UNAVAILABLE = 10008  # a cluster without a meta leader (most nodes down): "temporarily unavailable"
     DELIVER_POLICY_UPDATE = 10012  # a durable's deliver policy cannot change
     CONSUMER_NOT_FOUND = 10014
     INSUFFICIENT_RESOURCES = 10023  # the server's store is full (publish)
@@ -65,11 +67,13 @@ class ErrorCode(IntEnum):
     SUBJECTS_OVERLAP = 10065  # the subjects overlap those of an existing stream
     STREAM_WRONG_LAST_MSG_ID = 10070  # Nats-Expected-Last-Msg-Id did not match
     STREAM_WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-(Subject-)Sequence did not match
+    REPLICAS_NOT_SUPPORTED = 10074  # replicas > 1 on a server that is not part of a cluster
     MAXIMUM_EXCEEDED = 10077  # discard=new: max_msgs / max_bytes / max_msgs_per_subject reached
     DELIVER_POLICY_NEEDS_FILTER = 10094  # last_per_subject without a filter; by_start_time without a time
     WORKQUEUE_NOT_UNIQUE = 10099  # a second unfiltered consumer on a work-queue stream
     WORKQUEUE_FILTER_OVERLAP = 10100  # overlapping filters on a work-queue stream
     WORKQUEUE_DELIVER_ALL = 10101  # a work-queue consumer must deliver all
+    DUPLICATE_IN_PROCESS = 10158  # the same Nats-Msg-Id is still being replicated (a retry came early)
 
 
 def wire_size(data: bytes, headers: Mapping[str, str] | None) -> int:

@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
+import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
 
 from buslib import tracing
+from buslib.bus.attempts import retryable
 from buslib.bus.fast_ingest import available as fast_ingest_available
 from buslib.bus.fast_ingest import send as send_fast_ingest
-from buslib.bus.prepared import PreparedMessages, Result, Sender, describe, retryable
+from buslib.bus.prepared import PreparedMessages, Result, Sender, describe
 from buslib.bus.windowed import send as send_windowed
 from buslib.errors import PublishManyError
 from buslib.events import Event
-from buslib.retry import backoff_delay
 
 __all__ = ["publish_many"]
 
@@ -69,33 +70,49 @@ async def publish_many(
     Returns:
         One ``PubAck`` per event, in input order (for the event's first subject).
 
+    Unanswered messages are sent again (same ids) for up to ``publish_deadline`` seconds, long
+    enough to ride out a cluster's leader election (:mod:`buslib.bus.attempts`).
+
     Raises:
         TypeError: an item is not an ``Event``.
-        PublishManyError: some events were not stored: names the first one (index and id)
-            and how many were stored (also as ``.index``, ``.event_id``, ``.stored``,
+        PublishManyError: some events were not stored: names the first one (index and id),
+            what the tries got, and how many were stored (also as ``.index``, ``.event_id``, ``.stored``,
             and ``.acks``: the PubAck or None per event). Publishing them all again is safe.
     """
     events = list(events)
     span = tracing.current_trace() or tracing.new_trace()  # the batch is one operation: one trace
     prepared = PreparedMessages(sender, events, span)
     subjects = prepared.subjects()
-    for subject in subjects:
-        await sender.streams.stream_for(subject)
     results: list[Result] = [None] * len(prepared)
     todo = list(range(len(prepared)))
-    fast = fast_ingest and len(prepared) > 1 and await fast_ingest_available(sender, subjects)
+    fast: bool | None = None if fast_ingest and len(prepared) > 1 else False  # None: not decided yet
     on_stored = None if progress is None else _counter(progress)
-    for attempt in range(sender.publish_attempts):
-        if attempt:
+    attempts = sender.attempts()
+    while await attempts.another():
+        if attempts.made > 1:
             sender.retries += len(todo)
-            await asyncio.sleep(backoff_delay(attempt - 1, cap=2.0))
+        try:
+            # bounded: without a meta leader (a crashed node, most nodes down) a lookup waits 5 s
+            fast = await asyncio.wait_for(_lookup(sender, subjects, fast), attempts.timeout())
+        except (asyncio.TimeoutError, nats.errors.Error) as err:  # nats.js.errors.APIError is one too
+            if not retryable(err):
+                raise
+            attempts.saw(err, connected=sender.nc.is_connected)
+            continue
+        for i in todo:  # a slot still holds the last try's error: empty it, or this try's answer is ignored
+            results[i] = None
         if fast and len(todo) > 1:
             await send_fast_ingest(sender, prepared, todo, results, on_stored=on_stored)
-            # a refused message ends a fast batch: the windowed way gets the rest an exact answer each
-            fast = not any(isinstance(results[i], nats.js.errors.APIError) for i in todo)
+            # A refused message ends a fast batch: the windowed way gets the rest an exact answer each.
+            # So does silence: while a cluster elects the stream's leader, a fast batch gets no answer
+            # at all (a publish_timeout per try), a windowed publish an instant 503.
+            answered = any(results[i] is not None for i in todo)
+            fast = answered and not any(isinstance(results[i], nats.js.errors.APIError) for i in todo)
         else:
             await send_windowed(sender, prepared, todo, results, window, on_stored=on_stored)
         todo = [i for i in todo if results[i] is None or retryable(results[i])]
+        for kind in {type(results[i]) for i in todo}:  # what this try got, once per kind
+            attempts.saw(next(results[i] for i in todo if type(results[i]) is kind), connected=sender.nc.is_connected)
         if not todo:
             break
     acks: list[PubAck | None] = [None] * len(events)
@@ -110,9 +127,10 @@ async def publish_many(
     if failed:
         first = min(failed)
         stored = len(events) - len(failed)
+        tried = f" after {attempts.how_long()} ({attempts.summary()}). {attempts.explanation()}" if todo else "."
         raise PublishManyError(
             f"publish_many stored {stored} of {len(events)} events. The first not stored is #{first} "
-            f"(id {events[first].id}): {failed[first]}. Publishing the same events again is safe: "
+            f"(id {events[first].id}): {failed[first]}{tried} Publishing the same events again is safe: "
             "stored ones are recognised by their id and not stored twice.",
             index=first,
             event_id=events[first].id,
@@ -120,6 +138,15 @@ async def publish_many(
             acks=acks,
         )
     return [ack for ack in acks if ack is not None]  # every event has its ack here
+
+
+async def _lookup(sender: Sender, subjects: set[str], fast: bool | None) -> bool:
+    """Find (or create) the stream of every subject; decide once whether fast-ingest batches may be used."""
+    for subject in subjects:
+        await sender.streams.stream_for(subject)
+    if fast is None:
+        return await fast_ingest_available(sender, subjects)
+    return fast
 
 
 def _counter(progress: Callable[[int], object]) -> Callable[[int], None]:

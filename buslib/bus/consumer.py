@@ -167,13 +167,20 @@ class ConsumerSpec:
 
 
 async def bind(
-    js: JetStreamContext, spec: ConsumerSpec, *, update: bool, announce_recreate: bool = False
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    *,
+    update: bool,
+    announce_recreate: bool = False,
+    timeout: float | None = None,
 ) -> ConsumerInfo:
     """Create the group's durable, or check the existing one (and update it if asked).
 
     Args:
         update: change an existing durable whose settings differ, instead of raising.
         announce_recreate: log a warning when the durable was gone and is created again.
+        timeout: seconds to wait for the server's answer about the durable (None: nats-py's
+            default, 5 s). A re-bind asks again soon anyway: during an election no leader answers.
 
     Raises:
         StreamGone: the stream does not exist.
@@ -181,7 +188,7 @@ async def bind(
     """
     wanted = spec.config()
     try:
-        info = await js.consumer_info(spec.stream, spec.durable)
+        info = await js.consumer_info(spec.stream, spec.durable, timeout=timeout)
     except nats.js.errors.NotFoundError as err:
         if err.err_code == ErrorCode.STREAM_NOT_FOUND:
             raise StreamGone(spec.stream) from None

@@ -48,6 +48,7 @@ from nats.js.api import PubAck, StorageType, StreamInfo
 from buslib._nats import fastpath
 from buslib._nats.info import api_level
 from buslib.bus import groups
+from buslib.bus.attempts import PUBLISH_DEADLINE
 from buslib.bus.connecting import BUS_OPTIONS, Connecting, check_bus_options
 from buslib.bus.consumer import ConsumerSpec
 from buslib.bus.deliver import Deliver, deliver_settings
@@ -77,8 +78,10 @@ class EventBus:
         service: this service's name (CloudEvents ``source``, the connection name).
         auto_create_streams: create the conventional stream on the first publish to a
             subject no stream covers; if False, such a publish raises ``PublishError``.
-        publish_timeout: seconds to wait for each publish acknowledgement.
-        publish_attempts: tries per publish (same ``Nats-Msg-Id``) before giving up.
+        publish_timeout: seconds each try of a publish waits for its acknowledgement.
+        publish_deadline: seconds a publish keeps trying (same ``Nats-Msg-Id``) before it raises
+            ``PublishError``: 15, longer than a cluster's leader election. None: no limit by time.
+        publish_attempts: at most this many tries per publish; None: as many as fit in the deadline.
         owns_connection: ``close()`` also drains and closes ``nc`` (set by ``connect``).
 
     Attributes:
@@ -94,17 +97,17 @@ class EventBus:
         service: str,
         auto_create_streams: bool = True,
         publish_timeout: float = 2.0,
-        publish_attempts: int = 5,
+        publish_deadline: float | None = PUBLISH_DEADLINE,
+        publish_attempts: int | None = None,
         owns_connection: bool = False,
     ) -> None:
-        check_bus_options(service, publish_timeout=publish_timeout, publish_attempts=publish_attempts)
+        publishing: dict[str, Any] = dict(publish_timeout=publish_timeout, publish_deadline=publish_deadline)
+        check_bus_options(service, publish_attempts=publish_attempts, **publishing)
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self.streams = StreamDirectory(nc, auto_create=auto_create_streams)
-        self.publisher = Publisher(
-            nc, self.streams, service=service, publish_timeout=publish_timeout, publish_attempts=publish_attempts
-        )
+        self.publisher = Publisher(nc, self.streams, service=service, publish_attempts=publish_attempts, **publishing)
         self._owns_connection = owns_connection
         self._subscriptions: set[Subscription] = set()
 
@@ -117,10 +120,10 @@ class EventBus:
 
         Args:
             service: this service's name.
-            url: the server (or several, for a cluster); default ``buslib.ensure_server()``
-                (``NATS_URL`` or embedded).
+            url: the server, or a cluster's servers (a list, or comma-separated like
+                ``NATS_URL``); default ``buslib.ensure_server()`` (``NATS_URL`` or embedded).
             **options: ``EventBus`` options (``auto_create_streams``, ``publish_timeout``,
-                ``publish_attempts``); anything else goes to ``buslib.connect``.
+                ``publish_deadline``, ``publish_attempts``); anything else goes to ``buslib.connect``.
 
         Raises:
             ConnectError: no server answered (the message says what to try).
@@ -160,18 +163,10 @@ class EventBus:
     def auto_create_streams(self) -> bool:
         return self.streams.auto_create
 
-    @property
-    def publish_timeout(self) -> float:
-        return self.publisher.publish_timeout
-
-    @property
-    def publish_attempts(self) -> int:
-        return self.publisher.publish_attempts
-
-    @property
-    def publish_retries(self) -> int:
-        """Publishes repeated after a timeout or a reconnect (same id: stored once)."""
-        return self.publisher.retries
+    publish_timeout = property(lambda self: self.publisher.publish_timeout, doc="Seconds each try waits.")
+    publish_deadline = property(lambda self: self.publisher.publish_deadline, doc="Seconds a publish keeps trying.")
+    publish_attempts = property(lambda self: self.publisher.publish_attempts, doc="At most this many tries, or None.")
+    publish_retries = property(lambda self: self.publisher.retries, doc="Tries repeated (same id: stored once).")
 
     async def api_level(self) -> int:
         """The server's JetStream API level (0 before 2.11; 2.12 -> 3, 2.14 -> 4, 2.15 -> 5)."""
@@ -206,6 +201,7 @@ class EventBus:
         subjects: list[str] | None = None,
         storage: StorageType = StorageType.FILE,
         duplicate_window: float | None = None,
+        replicas: int | None = None,
         partitions: int | None = None,
         **overrides: Any,
     ) -> StreamInfo:
@@ -226,6 +222,8 @@ class EventBus:
             target: an ``Event`` subclass or a subject.
             name / subjects / storage / duplicate_window: override the convention (the
                 duplicate window is at most ``max_age``).
+            replicas: on a cluster, how many nodes keep a copy (3 survives the loss of one).
+                None: the server's default (1) for a new stream; an existing one's is not checked.
             partitions: split a keyed event type's subjects into this many partitions
                 (``orders.placed.v1.<p>.<key>``), for ordered groups that work in parallel.
                 A stream partitions one keyed type; its count cannot change silently.
@@ -237,8 +235,8 @@ class EventBus:
         Raises:
             ConfigDriftError: the stream exists with different settings (says which).
             SubjectError: the subject is not valid.
-            ValueError: ``partitions`` out of range, or for an event type without a key.
-            BusError: the server refused the stream (subjects overlap, storage reserved, ...).
+            ValueError: ``partitions`` or ``replicas`` out of range, ``partitions`` without a key.
+            BusError: the server refused it (subjects overlap, storage reserved, too few nodes, ...).
         """
         return await self.streams.ensure(
             target,
@@ -246,6 +244,7 @@ class EventBus:
             subjects=subjects,
             storage=storage,
             duplicate_window=duplicate_window,
+            replicas=replicas,
             partitions=partitions,
             **overrides,
         )
@@ -263,7 +262,7 @@ class EventBus:
         Raises:
             TypeError: ``event`` is not an ``Event``.
             ConcurrencyError: another writer published to the subject after that sequence.
-            PublishError: not stored after ``publish_attempts`` tries, or refused.
+            PublishError: not confirmed within ``publish_deadline``, or refused.
         """
         return await self.publisher.publish(event, expect_last_subject_seq=expect_last_subject_seq)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import PubAck
@@ -19,10 +18,11 @@ from buslib import tracing
 from buslib._nats.fastpath import Outbound
 from buslib._nats.headers import header_block
 from buslib._nats.protocol import hpub_frame
+from buslib.bus.attempts import Attempts, retryable
 from buslib.bus.streams import StreamDirectory
 from buslib.events import Event
 
-__all__ = ["PreparedMessages", "Result", "Sender", "describe", "retryable"]
+__all__ = ["PreparedMessages", "Result", "Sender", "describe"]
 
 # (event index, subject, JSON payload, rendered header block, headers or None when the block says it all)
 Prepared = tuple[int, str, bytes, bytes, dict[str, str] | None]
@@ -35,8 +35,9 @@ class Sender(Protocol):
     nc: Client
     streams: StreamDirectory
     publish_timeout: float
-    publish_attempts: int
     retries: int
+
+    def attempts(self) -> Attempts: ...
 
     def outgoing(
         self, event: Event, span: tracing.TraceContext | None = None
@@ -52,21 +53,14 @@ def _plain(event_id: object) -> bool:
     return type(event_id) is str and "\n" not in event_id and "\r" not in event_id
 
 
-def retryable(result: object) -> bool:
-    """Whether a message with this result should be sent again (same id: stored once)."""
-    # no stream yet (JetStream restarting), no answer, or not sent (nats-py's outage buffer was full)
-    return isinstance(
-        result,
-        (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError, nats.errors.OutboundBufferLimitError),
-    )
-
-
 def describe(result: object) -> str:
     """Why a message was not stored, in words."""
     if result is None:
         return "no acknowledgement arrived (timeout)"
     if isinstance(result, nats.js.errors.NoStreamResponseError):
-        return "no stream stores its subject"
+        return "no stream answered (no stream stores its subject, or, in a cluster, the stream has no leader)"
+    if retryable(result):
+        return f"not confirmed ({type(result).__name__}: {result})"
     if isinstance(result, nats.js.errors.APIError):
         return f"the server refused it: {result.description} (error {result.err_code})"
     return f"{type(result).__name__}: {result}"

@@ -5,7 +5,9 @@
 
 :class:`Publisher` is the EventBus's publishing component: it gets the connection and the
 stream directory, nothing else of the bus. ``publish`` waits for each acknowledgement and
-retries with the same id (a timeout may hide a stored message: the grey zone of lesson 02);
+retries with the same id (a timeout may hide a stored message: the grey zone of lesson 02)
+for up to ``publish_deadline`` seconds, long enough to ride out a cluster's leader election
+(:mod:`buslib.bus.attempts`);
 ``publish_many`` lives in :mod:`buslib.bus.batch`.
 """
 
@@ -24,12 +26,12 @@ from buslib import tracing
 from buslib._nats.headers import header_lines
 from buslib._nats.protocol import EXPECTED_LAST_SUBJECT_SEQUENCE, MSG_ID, ErrorCode, wire_size
 from buslib.bus import batch
+from buslib.bus.attempts import PUBLISH_DEADLINE, Attempts, retryable
 from buslib.bus.streams import StreamDirectory, subject_of
 from buslib.contracts import codec
 from buslib.contracts.versions import downcast_targets
 from buslib.errors import ConcurrencyError, PublishError
 from buslib.events import Event
-from buslib.retry import backoff_delay
 from buslib.subjects import check_subject
 
 __all__ = ["Publisher"]
@@ -44,24 +46,38 @@ class Publisher:
         nc: a connected nats-py client.
         streams: which stream stores which subject (created on demand when allowed).
         service: the CloudEvents ``source`` of every event.
-        publish_timeout: seconds to wait for each acknowledgement.
-        publish_attempts: tries per publish (same ``Nats-Msg-Id``) before giving up.
+        publish_timeout: seconds each try waits for its acknowledgement.
+        publish_deadline: seconds within which tries (same ``Nats-Msg-Id``) may start; None:
+            no limit by time.
+        publish_attempts: at most this many tries; None: as many as fit in ``publish_deadline``.
 
     Attributes:
-        retries: publishes repeated after a timeout or a reconnect, since the start.
+        retries: publishes repeated after a timeout, a reconnect or an election, since the start.
     """
 
     def __init__(
-        self, nc: Client, streams: StreamDirectory, *, service: str, publish_timeout: float, publish_attempts: int
+        self,
+        nc: Client,
+        streams: StreamDirectory,
+        *,
+        service: str,
+        publish_timeout: float,
+        publish_deadline: float | None = PUBLISH_DEADLINE,
+        publish_attempts: int | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.streams = streams
         self.service = service
         self.publish_timeout = publish_timeout
+        self.publish_deadline = publish_deadline
         self.publish_attempts = publish_attempts
         self.retries = 0
         self._valid_subjects: set[str] = set()
+
+    def attempts(self) -> Attempts:
+        """The tries one publish may make, by this publisher's settings."""
+        return Attempts(deadline=self.publish_deadline, limit=self.publish_attempts, timeout=self.publish_timeout)
 
     def outgoing(self, event: Event, span: tracing.TraceContext | None = None) -> list[Outgoing]:
         """The messages that publishing ``event`` sends: its own, and older forms when dual-published."""
@@ -121,7 +137,8 @@ class Publisher:
             TypeError: ``event`` is not an ``Event``.
             ValueError: ``expect_last_subject_seq`` is not a whole number >= 0.
             ConcurrencyError: another writer published to the subject after that sequence.
-            PublishError: not stored after ``publish_attempts`` tries, or refused.
+            PublishError: not confirmed within ``publish_deadline`` (or ``publish_attempts``), or
+                refused. It names the event (``.event_id``) and what the tries got.
         """
         messages = self.outgoing(event)
         if expect_last_subject_seq is not None:
@@ -165,39 +182,50 @@ class Publisher:
             raise PublishError(
                 f"The event {headers[MSG_ID]} on {subject!r} is {size} bytes with its headers, more than the server "
                 f"accepts in one message (max_payload: {self.nc.max_payload} bytes). Make the event smaller: keep "
-                "large data elsewhere (a file store, a NATS object store) and put a reference to it in the event."
+                "large data elsewhere (a file store, a NATS object store) and put a reference to it in the event.",
+                event_id=headers[MSG_ID],
             )
-        last: Exception | None = None
-        for attempt in range(self.publish_attempts):
-            if attempt:
+        attempts = self.attempts()
+        while await attempts.another():
+            if attempts.made > 1:
                 self.retries += 1
-                await asyncio.sleep(backoff_delay(attempt - 1, cap=2.0))
             try:
-                await self.streams.stream_for(subject)
-                return await self.js.publish(subject, data, timeout=self.publish_timeout, headers=headers)
-            except (
-                nats.errors.TimeoutError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.NoRespondersError,
-            ) as err:
-                last = err  # maybe stored anyway: the retry carries the same Nats-Msg-Id
+                # bounded too: without a meta leader (a crashed node, most nodes down) a lookup waits 5 s
+                await asyncio.wait_for(self.streams.stream_for(subject), attempts.timeout())
+                return await self.js.publish(subject, data, timeout=attempts.timeout(), headers=headers)
             except nats.js.errors.NoStreamResponseError as err:
-                last = err  # the stream vanished, or JetStream is still starting after a restart
+                # no stream answered: JetStream still starting, a cluster electing the stream's leader, or the
+                # stream vanished (looked up again, so auto_create_streams can create it again)
+                attempts.saw(err)
                 self.streams.forget(subject)
             except nats.js.errors.APIError as err:
                 if err.err_code == ErrorCode.STREAM_WRONG_LAST_SEQUENCE and EXPECTED_LAST_SUBJECT_SEQUENCE in headers:
                     return await self._conflict(subject, headers, err)
-                raise PublishError(
-                    f"The server refused the event {headers[MSG_ID]} on {subject!r}: {err.description} "
-                    f"(error {err.err_code}). Check the stream's limits (bus.js.stream_info(...))."
-                ) from None
+                if not retryable(err):
+                    raise self._refused(headers[MSG_ID], subject, err) from None
+                attempts.saw(err, connected=self.nc.is_connected)  # 503, or the same id still in flight
             except nats.errors.ConnectionClosedError:
                 raise PublishError(f"Cannot publish on {subject!r}: the connection is closed.") from None
+            except (asyncio.TimeoutError, nats.errors.Error) as err:  # nats.js.errors.APIError is one too
+                if not retryable(err):
+                    raise self._refused(headers[MSG_ID], subject, err) from None
+                attempts.saw(err, connected=self.nc.is_connected)  # maybe stored: the retry has the same id
         raise PublishError(
-            f"The event {headers[MSG_ID]} on {subject!r} was not confirmed after {self.publish_attempts} attempts "
-            f"(last: {type(last).__name__}). It may or may not be stored; publishing it again is safe "
-            "(same id, so it is stored once). Is the server up (buslib doctor)? Does a stream cover the subject?"
+            f"The event {headers[MSG_ID]} on {subject!r} was not confirmed after {attempts.how_long()} "
+            f"({attempts.summary()}). {attempts.explanation()} It may or may not be stored; publishing it again is "
+            "safe (same id, so it is stored once).",
+            event_id=headers[MSG_ID],
         )
+
+    @staticmethod
+    def _refused(event_id: str, subject: str, err: Exception) -> PublishError:
+        if isinstance(err, nats.js.errors.APIError):
+            return PublishError(
+                f"The server refused the event {event_id} on {subject!r}: {err.description} "
+                f"(error {err.err_code}). Check the stream's limits (bus.js.stream_info(...)).",
+                event_id=event_id,
+            )
+        return PublishError(f"The event {event_id} on {subject!r} was not published: {type(err).__name__}: {err}")
 
     async def _conflict(self, subject: str, headers: dict[str, str], err: nats.js.errors.APIError) -> PubAck:
         """An expected-sequence refusal (10071): our own earlier attempt, or another writer's message.

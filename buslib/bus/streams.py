@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamInfo
@@ -73,6 +74,7 @@ class StreamDirectory:
         subjects: list[str] | None = None,
         storage: StorageType = StorageType.FILE,
         duplicate_window: float | None = None,
+        replicas: int | None = None,
         partitions: int | None = None,
         **overrides: Any,
     ) -> StreamInfo:
@@ -97,6 +99,10 @@ class StreamDirectory:
         unknown = set(overrides) - set(StreamConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Unknown stream settings: {', '.join(sorted(unknown))}. See nats.js.api.StreamConfig.")
+        if replicas is not None:
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 5:
+                raise ValueError(f"replicas is how many nodes keep a copy, 1 to 5 (3 is usual), got {replicas!r}.")
+            overrides["num_replicas"] = replicas
         if "max_age" in overrides and overrides["max_age"] is None:
             overrides["max_age"] = 0  # "keep forever", the way the server says it
         max_age = overrides.get("max_age", DEFAULT_MAX_AGE)
@@ -137,13 +143,31 @@ class StreamDirectory:
         if batched and await api_level(self.nc) >= FAST_INGEST_API_LEVEL:
             config.allow_batched = True  # lets publish_many use fast-ingest batches
         try:
-            info = await self.js.add_stream(config)
+            info = await self._add(config)
         except nats.js.errors.APIError as err:
             if err.err_code == ErrorCode.STREAM_NAME_IN_USE:  # created meanwhile by another instance
                 return await self.js.stream_info(config.name or "")
             raise BusError(_refusal(config, err)) from None
         log.info("created stream %s %s", config.name, config.subjects)
         return info
+
+    async def _add(self, config: StreamConfig, attempts: int = 3) -> StreamInfo:
+        """``add_stream``, asked again when unanswered (the same config again is harmless).
+
+        On a cluster the answer comes once the new stream's replicas have elected their leader,
+        which a busy machine may not manage within nats-py's 5 s.
+        """
+        for attempt in range(attempts):
+            try:
+                return await self.js.add_stream(config)
+            except nats.errors.TimeoutError:
+                if attempt == attempts - 1:
+                    raise BusError(
+                        f"The server did not confirm creating stream {config.name!r} after {attempts} tries of 5 s. "
+                        "On a cluster: are most of its nodes up (a new stream needs a majority to elect its "
+                        "leader)? Check with `buslib doctor`, then try again: asking again is harmless."
+                    ) from None
+        raise AssertionError("unreachable")
 
     async def stream_for(self, subject: str) -> str:
         """The stream that stores ``subject`` (created on demand when allowed).
@@ -250,6 +274,12 @@ def _refusal(config: StreamConfig, err: nats.js.errors.APIError) -> str:
     """Why the server refused to create a stream, and what to do, for a learner."""
     code, name = err.err_code, config.name
     said = f"{err.description} (error {code})"
+    if code in (ErrorCode.REPLICAS_NOT_SUPPORTED, ErrorCode.NO_SUITABLE_PEERS):
+        return (
+            f"Stream {name!r} cannot have {config.num_replicas} replicas here: {said}. Each replica lives on its own "
+            f"server, so replicas={config.num_replicas} needs a cluster of at least {config.num_replicas} nodes "
+            "(buslib.EmbeddedCluster, or `buslib server --cluster 3`); a single server keeps replicas=1."
+        )
     if code in (ErrorCode.INSUFFICIENT_STORAGE, ErrorCode.INSUFFICIENT_MEMORY):
         where = "max_memory_store" if code == ErrorCode.INSUFFICIENT_MEMORY else "max_file_store"
         return (

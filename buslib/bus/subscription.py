@@ -15,7 +15,11 @@ and a :class:`~buslib.bus.settlement.Settlement`, not the bus. Here is how it pu
   run; at most ``prefetch``), so the members of a group share a backlog;
 - keep-alives (``in_progress``) for running handlers, and ``handler_timeout``;
 - re-binding after a server restart (pull requests do not survive one: nats.py #504), and
-  waiting quietly for a deleted stream to come back.
+  waiting quietly for a deleted stream to come back;
+- on a cluster: a "409 Leadership Change" (the consumer's leader moved) means pull again; a
+  503 (no leader yet: an election) means re-bind, retried every second at most and logged
+  quietly for the first 15 s; after the node it is connected to dies, the client reconnects
+  to another node and the pull loop carries on.
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ __all__ = ["LOOKAHEAD_S", "Subscription"]
 log = logging.getLogger("buslib")
 
 LOOKAHEAD_S = 0.1  # pull ahead at most this much measured handler work, so a group shares a backlog
+# A cluster elects a new consumer leader 4-12 s after its node crashed, at a moment nobody knows:
+# re-bind tries wait at most BIND_TIMEOUT for an answer and at most REBIND_PAUSE between them, so
+# the group resumes soon after the election, and they log quietly for ELECTION_GRACE seconds.
+BIND_TIMEOUT = 1.0
+REBIND_PAUSE = 1.0
+ELECTION_GRACE = 15.0
 
 
 class Subscription:
@@ -218,10 +228,17 @@ class Subscription:
     # -- the pull loop ----------------------------------------------------------------
     async def _run(self) -> None:
         failures = 0
+        failing_since = 0.0
         while not self._stopping:
             try:
                 if self._rebind:
-                    await bind(self.js, self.spec, update=False, announce_recreate=not self._stream_gone)
+                    await bind(
+                        self.js,
+                        self.spec,
+                        update=False,
+                        announce_recreate=not self._stream_gone,
+                        timeout=BIND_TIMEOUT,
+                    )
                     self._rebind = False
                     self.stats.rebinds += 1
                     self._pending = 0
@@ -231,7 +248,7 @@ class Subscription:
                         log.warning("%s: stream %s exists again; consuming resumed", self.durable, self.stream)
                     else:
                         log.info("re-bound to %s/%s", self.stream, self.durable)
-                failures = 0
+                failures, failing_since = 0, 0.0
                 await self._pull()
                 await self._keep_alive()
                 self._check_liveness()
@@ -260,11 +277,14 @@ class Subscription:
                         self.group,
                     )
                 await asyncio.sleep(backoff_delay(failures, cap=5.0))
-            except Exception as err:  # server restarting, JetStream not ready yet, connection lost
+            except Exception as err:  # server restarting, JetStream not ready yet, connection lost, an election
                 failures += 1
+                failing_since = failing_since or time.monotonic()
                 self._rebind = True
-                delay = backoff_delay(failures, cap=5.0)
-                log.warning(
+                delay = backoff_delay(failures, cap=REBIND_PAUSE)
+                quiet = time.monotonic() - failing_since < ELECTION_GRACE  # an election is expected, not alarming
+                log.log(
+                    logging.INFO if quiet else logging.WARNING,
                     "%s: pulling from %s failed (%s: %s); retrying in %.1f s",
                     self.durable,
                     self.stream,
@@ -371,6 +391,8 @@ class Subscription:
             self._pending = max(0, self._pending - int(left))
         else:
             self._pending = 0
+        # 503: no consumer leader to take the pull (an election): ask again once re-bound. A "409
+        # Leadership Change" ends the pull requests of a leader that handed over: pull again (below).
         if status == "503" or (status == "409" and ("Deleted" in description or "Shutdown" in description)):
             self.rebind()
         elif status not in ("404", "408", "409"):

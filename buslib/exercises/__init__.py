@@ -29,7 +29,7 @@ __all__ = [
     "strict_mode",
 ]
 
-EXERCISES = ("00", "01", "02", "03", "04", "05", "07")
+EXERCISES = ("00", "01", "02", "03", "04", "05", "06", "07")
 
 
 def load(exercise: str | int) -> ModuleType:

@@ -123,9 +123,11 @@ class Context:
 
     Args:
         url: the server to check against; ``None`` means ``NATS_URL`` or the embedded server.
+            A function returning it is called when the checks first connect, and may raise
+            :class:`Fail` (exercise 06: "run the setup cell, it starts the cluster").
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | list[str] | Callable[[], str | list[str] | None] | None = None) -> None:
         self.url = url
         self._nc: Any = None
 
@@ -134,7 +136,8 @@ class Context:
         if self._nc is None:
             from buslib.connection import connect
 
-            self._nc = await connect(self.url, name="buslib-exercise-check")
+            url = self.url() if callable(self.url) else self.url
+            self._nc = await connect(url, name="buslib-exercise-check")
         return self._nc
 
     @property
@@ -245,6 +248,8 @@ class Question:
         hint: one hint, or several shown one at a time.
         solution: the solution code.
         exercise: the exercise id, e.g. ``"01"`` (set by :func:`buslib.exercises.load`).
+        server: where the checks look (see :class:`Context`); by default ``NATS_URL`` or
+            the embedded server. Exercise 06 checks the cluster its setup cell started.
     """
 
     def __init__(
@@ -257,6 +262,7 @@ class Question:
         hint: str | Sequence[str] = (),
         solution: str = "",
         exercise: str = "",
+        server: Callable[[], str | list[str] | None] | None = None,
     ) -> None:
         self.id = id
         self.title = title
@@ -265,6 +271,7 @@ class Question:
         self.hints = [hint] if isinstance(hint, str) else list(hint)
         self.solution_text = solution.strip("\n")
         self.exercise = exercise
+        self.server = server
         self._hints_shown = 0
 
     def __repr__(self) -> str:
@@ -276,18 +283,23 @@ class Question:
 
         Args:
             namespace: the learner's variables.
-            url: the server to check against; ``None`` means ``NATS_URL`` or the embedded server.
+            url: the server to check against; ``None`` means the question's own ``server``
+                (exercise 06: its cluster), else ``NATS_URL`` or the embedded server.
 
-        On a workshop server the outcome is also recorded for the instructor (best effort).
+        On a workshop server the outcome is also recorded for the instructor (best effort); a
+        question checked on a server of its own records where ``NATS_URL`` points.
         """
-        ctx = Context(url)
+        ctx = Context(url if url is not None else self.server)
+        recorder = Context() if url is None and self.server is not None else ctx
         started = time.perf_counter()
         try:
             outcome = await self._evaluate(namespace, ctx)
-            await record_check(ctx, outcome, seconds=time.perf_counter() - started)
+            await record_check(recorder, outcome, seconds=time.perf_counter() - started)
             return outcome
         finally:
             await ctx.close()
+            if recorder is not ctx:
+                await recorder.close()
 
     async def _evaluate(self, namespace: Mapping[str, Any], ctx: Context) -> Outcome:
         values: dict[str, Any] = {}

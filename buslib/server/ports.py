@@ -16,7 +16,9 @@ import random
 import socket
 from pathlib import Path
 
-__all__ = ["automatic_port_range", "restartable_port"]
+from buslib.errors import ServerError
+
+__all__ = ["automatic_port_range", "restartable_port", "restartable_ports"]
 
 _LOWEST = 10_000  # above the well-known and most registered service ports
 
@@ -44,3 +46,19 @@ def restartable_port(*, attempts: int = 50) -> int:
                 continue
         return port
     return 0
+
+
+def restartable_ports(count: int) -> list[int]:
+    """``count`` different restartable ports, e.g. a cluster's route ports (known before any node starts).
+
+    Raises:
+        ServerError: not enough free ones below the automatic range.
+    """
+    chosen: list[int] = []
+    for _ in range(count * 20):
+        port = restartable_port()
+        if port and port not in chosen:
+            chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise ServerError(f"Could not find {count} free ports below the OS's automatic port range; pass them explicitly.")

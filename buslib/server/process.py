@@ -176,19 +176,23 @@ class EmbeddedServer:
             chosen.add("monitor_port")
         return chosen
 
+    def config_text(self) -> str:
+        """The config file the server runs with; a cluster node (``buslib.server.cluster``) adds its lines."""
+        text = f'listen: "127.0.0.1:{self.port or -1}"\nhttp: "127.0.0.1:{self.monitor_port or -1}"\n'
+        if self.jetstream:
+            text += (
+                f"jetstream {{\n  store_dir: {quote(self.store_dir)}\n"
+                f"  max_memory_store: {self.max_memory_store}\n  max_file_store: {self.max_file_store}\n}}\n"
+            )
+        return text
+
     def _write_config(self) -> Path:
-        """The configuration file to run: the given one, or one written into the work folder."""
+        """The configuration file to run: the given one, or ``config_text()`` written into the work folder."""
         assert self._workdir is not None
         if self._config_file is not None:
             return self._config_file
         config = self._workdir / "nats-server.conf"
-        text = f'listen: "127.0.0.1:{self.port or -1}"\nhttp: "127.0.0.1:{self.monitor_port or -1}"\n'
-        if self.jetstream:
-            text += (
-                f"jetstream {{\n  store_dir: {_quote(self.store_dir)}\n"
-                f"  max_memory_store: {self.max_memory_store}\n  max_file_store: {self.max_file_store}\n}}\n"
-            )
-        config.write_text(text)
+        config.write_text(self.config_text())
         return config
 
     def _launch(self, binary: Path) -> None:
@@ -222,6 +226,19 @@ class EmbeddedServer:
         """Stop gracefully and start again on the same ports and the same store."""
         self._end_process(graceful=True, timeout=5.0)
         return self.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL after ``timeout``) and keep its store.
+
+        The graceful counterpart of ``crash()``: in a cluster the node hands its leaderships
+        over before it exits. ``start()`` brings it back on the same ports and store.
+        """
+        self._end_process(graceful=True, timeout=timeout)
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (to stop several servers at once); then ``stop()`` or ``shutdown()``."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
 
     def crash(self) -> None:
         """Kill the server with SIGKILL, as a crash of the server process would; ``restart()`` brings it back.
@@ -297,7 +314,7 @@ class EmbeddedServer:
                 return
             if self._proc.poll() is not None:
                 self._end_process(graceful=False, timeout=1.0)  # reap it and tell the watchdog
-                raise _explain_failed_start(log.read_text(errors="replace"))
+                raise explain_failed_start(log.read_text(errors="replace"))
             if time.monotonic() > deadline:
                 self._end_process(graceful=False, timeout=2)
                 raise ServerError(
@@ -323,7 +340,8 @@ class EmbeddedServer:
         watchdog().release(proc.pid)
 
 
-def _quote(path: Path) -> str:
+def quote(path: Path) -> str:
+    """``path`` as a quoted string for a nats-server config file."""
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -342,7 +360,8 @@ class _PortTaken(ServerError):
     """The server could not listen: a port is taken by another program."""
 
 
-def _explain_failed_start(log_text: str) -> ServerError:
+def explain_failed_start(log_text: str) -> ServerError:
+    """A learner's error for a server that exited while starting, from its log's error lines."""
     errors = [line for line in log_text.splitlines() if "[ERR]" in line or "[FTL]" in line]
     errors = errors or log_text.splitlines()[-5:]
     if not errors:
@@ -355,9 +374,13 @@ def _explain_failed_start(log_text: str) -> ServerError:
     taken = next((line for line in errors if "already in use" in line or "normally permitted" in line), None)
     if taken is None:
         return ServerError(message)
-    which, option = ("monitoring port", "monitor_port") if "monitor" in taken else ("client port", "port")
     port = re.search(r"127\.0\.0\.1:(\d+)", taken)
+    if "router" in taken:  # a cluster node's route port (buslib.server.cluster chooses those)
+        which, advice = "cluster route port", "Stop that program, or start the cluster on other ports."
+    else:
+        which, option = ("monitoring port", "monitor_port") if "monitor" in taken else ("client port", "port")
+        advice = f"Stop that program, or use {option}=0 to pick a free port."
     return _PortTaken(
         f"{message}\nThe {which} {port.group(1) if port else ''} is already taken by another program (maybe another "
-        f"nats-server, `buslib server` or docker compose). Stop that program, or use {option}=0 to pick a free port."
+        f"nats-server, `buslib server` or docker compose). {advice}"
     )

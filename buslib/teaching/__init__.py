@@ -4,23 +4,28 @@
 >>> with expect_error(ZeroDivisionError) as caught:
 ...     1 / 0
 
-Modules: ``helpers`` (``expect_error``, ``timed``, ``wait_until``: lesson cells that assert,
-never sleep), ``status_panel`` (a live view of a server), ``lag_view`` (a live view of
-consumer groups' lag and the alerts), ``charts`` (worker counts, delivery timelines),
-``tables`` (dead letters), ``doctor`` (checks this machine).
+Modules: ``helpers`` (``expect_error``, ``timed``, ``wait_until``, ``stored_ids``: lesson
+cells that assert, never sleep), ``status_panel`` (a live view of a server), ``cluster_panel``
+(of a cluster: nodes, leaders, each node's copy), ``lag_view`` (a live view of consumer
+groups' lag and the alerts), ``charts`` (worker counts, delivery timelines), ``tables``
+(dead letters), ``doctor`` (checks this machine).
 """
 
 from buslib.teaching.charts import WorkerCounts, delivery_timeline, handling_order, late_events
-from buslib.teaching.helpers import expect_error, timed, wait_until
+from buslib.teaching.cluster_panel import ClusterPanel, cluster_panel, cluster_snapshot
+from buslib.teaching.helpers import expect_error, stored_ids, timed, wait_until
 from buslib.teaching.lag_view import LagView, lag_view
 from buslib.teaching.status_panel import StatusPanel, status_panel
 from buslib.teaching.tables import DeadLetterTable, dead_letter_table
 
 __all__ = [
+    "ClusterPanel",
     "DeadLetterTable",
     "LagView",
     "StatusPanel",
     "WorkerCounts",
+    "cluster_panel",
+    "cluster_snapshot",
     "dead_letter_table",
     "delivery_timeline",
     "expect_error",
@@ -28,6 +33,7 @@ __all__ = [
     "lag_view",
     "late_events",
     "status_panel",
+    "stored_ids",
     "timed",
     "wait_until",
 ]

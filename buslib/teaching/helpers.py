@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-__all__ = ["expect_error", "timed", "wait_until"]
+__all__ = ["expect_error", "stored_ids", "timed", "wait_until"]
 
 
 class expect_error:  # noqa: N801 - used like a function: `with expect_error(X) as caught:`
@@ -136,3 +137,61 @@ async def wait_until(
                 "should have made it true: is its subscription started, on the right group and event type?"
             )
         await asyncio.sleep(interval)
+
+
+async def stored_ids(js: Any, stream: str, *, batch: int = 1000, timeout: float = 30.0) -> Counter[str]:
+    """How many times each ``Nats-Msg-Id`` is stored in ``stream``: every message read once.
+
+    Read by a temporary consumer that needs no acks (it is gone a few seconds after the last
+    read), so nothing of the stream changes. ``max(ids.values()) == 1``: nothing stored twice.
+
+    Raises:
+        TimeoutError: the messages did not all arrive within ``timeout`` seconds.
+    """
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=5.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    deadline = time.monotonic() + timeout
+    while True:  # on a cluster that just lost a node, the API may need a new meta leader first
+        try:
+            total = (await asyncio.wait_for(js.stream_info(stream), 2.0)).state.messages
+            consumer = await asyncio.wait_for(js.add_consumer(stream, config), 2.0)
+            break
+        except Exception as err:  # a timeout or a 503 while a leader is elected; anything else is final
+            if time.monotonic() > deadline or not (isinstance(err, asyncio.TimeoutError) or _unavailable(err)):
+                raise
+            await asyncio.sleep(0.2)
+    pull = await js.pull_subscribe_bind(consumer.name, stream=stream)
+    ids: Counter[str] = Counter()
+    try:
+        while sum(ids.values()) < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Read {sum(ids.values())} of {total} messages of {stream} in {timeout:g} s.")
+            try:
+                messages = await pull.fetch(min(batch, total - sum(ids.values())), timeout=1.0)
+            except asyncio.TimeoutError:  # nats-py's TimeoutError is one: nothing arrived in time, ask again
+                continue
+            except Exception as err:  # 503: the consumer's node is not ready yet (a cluster node restarting)
+                if not _unavailable(err):
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            ids.update((msg.headers or {}).get("Nats-Msg-Id", "") for msg in messages)
+    finally:
+        await pull.unsubscribe()
+        try:
+            await js.delete_consumer(stream, consumer.name)  # else it lingers a few seconds
+        except Exception:  # gone already, or no leader to ask right now: it expires by itself
+            pass
+    return ids
+
+
+def _unavailable(err: Exception) -> bool:
+    # nats.js.errors.ServiceUnavailableError (a 503), which nats-py raises with code None for a pull
+    return getattr(err, "code", None) == 503 or type(err).__name__ == "ServiceUnavailableError"
