@@ -24,10 +24,9 @@ How it works:
   crashed node comes back on the same addresses. One store per node.
 - Ready means usable: every running node names the same JetStream meta leader, which knows
   all N nodes, and every node's ``/healthz`` says 200. Polled every 10 ms, never slept for.
-- A fresh cluster elects its first meta leader in ~0.2-0.8 s, but in ~6% of starts (2.15) two
-  nodes vote for themselves in the same millisecond and the next election comes 4-9 s later
-  (server timers that no option changes). With temporary stores a new start is quicker than
-  that wait: after ``BOOTSTRAP_PATIENCE`` seconds the nodes are replaced, at most twice.
+- A fresh cluster elects its first meta leader in ~0.2-0.8 s, but in ~6% of starts (2.15) a
+  split vote delays it 4-9 s; with temporary stores the nodes are replaced after
+  ``BOOTSTRAP_PATIENCE`` seconds instead (at most twice), which is quicker.
 - Who leads a stream or consumer comes from each node's ``/jsz``: the node that reports itself
   as leader. No client needed, so it works while clients reconnect.
 - Nothing left behind: the owner's watchdog guards every node, as for one EmbeddedServer.
@@ -312,6 +311,7 @@ class EmbeddedCluster:
                 (the message has the server's last answer).
         """
         import nats  # here: the rest of buslib.server needs no client
+        import nats.errors
 
         target = self.node(to).name
         what = f"consumer {stream}/{consumer}" if consumer else f"stream {stream}"
@@ -335,8 +335,11 @@ class EmbeddedCluster:
                         nc = await nats.connect(servers=servers, connect_timeout=2, error_cb=_quiet)
                     # Refusals right after a change pass ("consumer not found" while its creation spreads,
                     # 503 without a leader); the loop asks again until the deadline.
-                    reply = await nc.request(f"$JS.API.{api}", request, timeout=2)
-                    answer = json.loads(reply.data or b"{}")
+                    try:
+                        reply = await nc.request(f"$JS.API.{api}", request, timeout=2)
+                        answer = json.loads(reply.data or b"{}")
+                    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):  # busy, or mid-election
+                        answer = {"error": "no answer to the stepdown request within 2 s"}
                 await self._wait_leader(stream, consumer, target, min(deadline, time.monotonic() + 1.0))
         finally:
             if nc is not None:
