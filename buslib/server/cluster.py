@@ -44,9 +44,8 @@ from types import TracebackType
 from typing import Any
 
 from buslib.errors import ServerError
-from buslib.server.node import ClusterNode
+from buslib.server.node import ClusterNode, meta_state
 from buslib.server.ports import restartable_ports
-from buslib.server.process import explain_failed_start
 
 __all__ = ["BOOTSTRAP_PATIENCE", "EmbeddedCluster", "NodeRef"]
 
@@ -189,7 +188,7 @@ class EmbeddedCluster:
         """
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
         while True:
-            leader, problem = self._meta_state()
+            leader, problem = meta_state(self.nodes, self.size)
             if leader is not None:
                 return leader
             if time.monotonic() > deadline:
@@ -402,32 +401,6 @@ class EmbeddedCluster:
         if errors:
             self.stop()
             raise errors[0]
-
-    def _meta_state(self) -> tuple[str | None, str]:
-        """(the agreed meta leader, "") or (None, what is missing)."""
-        for node in self.nodes:
-            if node.down_since is None and not node.running:  # died by itself, e.g. its route port was taken
-                log = node.log_path.read_text(errors="replace")
-                if "[FTL]" in log:
-                    raise explain_failed_start(log)
-        running = self._up()
-        if not running:
-            return None, "no node is running"
-        leaders = set()
-        for node in running:  # /jsz first: each failing /healthz writes a warning into the node's log
-            meta = (node.jsz() or {}).get("meta_cluster") or {}
-            if not meta.get("leader"):
-                return None, f"{node.name} knows no meta leader yet"
-            leaders.add(meta["leader"])
-            if meta["leader"] == node.name and meta.get("cluster_size", 0) < self.size:
-                return None, f"the meta leader {node.name} knows {meta.get('cluster_size')} of {self.size} nodes"
-        if len(leaders) != 1:
-            return None, f"the nodes disagree about the meta leader: {sorted(leaders)}"
-        for node in running:
-            status, health = node.monitor("/healthz")
-            if status != 200:
-                return None, f"{node.name} is not healthy yet ({status}: {health})"
-        return leaders.pop(), ""
 
     def _log_tails(self) -> str:
         return "\n".join(f"--- {node.name} ---\n{node.log_tail(4)}" for node in self.nodes)

@@ -22,7 +22,7 @@ import urllib.request
 from typing import Any
 
 from buslib.errors import ServerError
-from buslib.server.process import EmbeddedServer
+from buslib.server.process import EmbeddedServer, explain_failed_start
 
 __all__ = ["ClusterNode"]
 
@@ -125,3 +125,30 @@ class ClusterNode(EmbeddedServer):
     def __repr__(self) -> str:
         state = f"port={self.port}" if self.running else "down"
         return f"<ClusterNode {self.name} {state}>"
+
+
+def meta_state(nodes: list[ClusterNode], size: int) -> tuple[str | None, str]:
+    """(the meta leader every running node agrees on, "") or (None, what is still missing)."""
+    for node in nodes:
+        if node.down_since is None and not node.running:  # died by itself, e.g. its route port was taken
+            log = node.log_path.read_text(errors="replace")
+            if "[FTL]" in log:
+                raise explain_failed_start(log)
+    running = [node for node in nodes if node.running]
+    if not running:
+        return None, "no node is running"
+    leaders = set()
+    for node in running:  # /jsz first: each failing /healthz writes a warning into the node's log
+        meta = (node.jsz() or {}).get("meta_cluster") or {}
+        if not meta.get("leader"):
+            return None, f"{node.name} knows no meta leader yet"
+        leaders.add(meta["leader"])
+        if meta["leader"] == node.name and meta.get("cluster_size", 0) < size:
+            return None, f"the meta leader {node.name} knows {meta.get('cluster_size')} of {size} nodes"
+    if len(leaders) != 1:
+        return None, f"the nodes disagree about the meta leader: {sorted(leaders)}"
+    for node in running:
+        status, health = node.monitor("/healthz")
+        if status != 200:
+            return None, f"{node.name} is not healthy yet ({status}: {health})"
+    return leaders.pop(), ""
