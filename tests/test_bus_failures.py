@@ -233,3 +233,15 @@ async def test_handler_timeout_must_be_positive(bus, Order):
     for bad in (0, -1):
         with pytest.raises(ValueError, match="handler_timeout is in seconds"):
             await bus.subscribe(Order, group="g", handler=handle, handler_timeout=bad)
+
+
+async def test_closing_a_bus_whose_server_is_gone_raises_nothing(server, unique):
+    """close() after the server died: it closes the connection and raises nothing (also when drain fails)."""
+    from buslib import EventBus
+
+    bus = await EventBus.connect(service="closing", url=server.url)
+    await bus.ensure_stream(f"tclose{unique.lower()}.x")
+    server.crash()
+    await wait_until(lambda: not bus.nc.is_connected, what="the client noticed the crash")
+    await bus.close()
+    assert bus.nc.is_closed

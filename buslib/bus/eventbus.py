@@ -37,6 +37,7 @@ How a member pulls (overlapping pull requests, a short look-ahead): :mod:`buslib
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -188,9 +189,10 @@ class EventBus:
         if self._owns_connection and not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception as err:
+            except Exception as err:  # reconnecting or lost: nothing left to drain, close what is there
                 log.debug("drain on close: %s", err)
-                await self.nc.close()
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
 
     # -- streams ----------------------------------------------------------------------
     async def ensure_stream(
