@@ -18,8 +18,9 @@ BUS_TESTS = tests/test_bus_publish.py tests/test_bus_subscribe.py tests/test_bus
             tests/test_bus_resilience.py tests/test_settlement.py tests/test_tracing.py tests/test_dlq_bus.py \
             tests/test_partitions.py tests/test_retention.py tests/test_concurrency.py tests/test_outbox.py \
             tests/test_lag.py tests/test_bus_fuzz.py
-# Workshop isolation and credentials, proven again on the oldest server (accounts, imports, limits).
-WORKSHOP_TESTS = tests/test_workshop_isolation.py tests/test_workshop_auth.py
+# Workshop isolation and credentials, proven again on the oldest server (accounts, imports, limits),
+# and a room on a cluster (a lost node: the board reads on, learners keep working).
+WORKSHOP_TESTS = tests/test_workshop_isolation.py tests/test_workshop_auth.py tests/test_workshop_cluster.py
 LOWEST   := .venv-lowest
 # EmbeddedCluster and the bus on a cluster: run again on nats-server 2.11 as well.
 CLUSTER_TESTS = tests/test_cluster.py tests/test_cluster_bus.py

@@ -11,6 +11,7 @@ from typing import Any
 
 import nats
 
+from buslib.server.ports import restartable_port_block
 from buslib.workshop import Limits, WorkshopServer, create_room, instructor_urls, read_roster
 
 
@@ -20,12 +21,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def room_ports(nodes: int = 1) -> dict[str, int]:
+    """Free ports for a room on 127.0.0.1; for a cluster, consecutive restartable ones (node i: port + i)."""
+    if nodes == 1:
+        return {"port": free_port(), "monitor_port": free_port()}
+    first = restartable_port_block(3 * nodes)
+    return {"port": first, "monitor_port": first + nodes, "cluster_port": first + 2 * nodes}
+
+
 @contextlib.contextmanager
 def served_room(
-    folder: Path, learners: int = 3, limits: Limits | None = None, **options: Any
+    folder: Path, learners: int = 3, limits: Limits | None = None, nodes: int = 1, **options: Any
 ) -> Iterator[WorkshopServer]:
-    """A room created in ``folder`` and served on 127.0.0.1 (with its PROGRESS stream) for the block."""
-    create_room(folder, learners=learners, port=free_port(), monitor_port=free_port(), limits=limits, **options)
+    """A room created in ``folder`` and served on 127.0.0.1 (with its PROGRESS stream) for the block.
+
+    ``nodes`` > 1: a cluster room, on consecutive restartable ports (a test may crash a node).
+    """
+    create_room(folder, learners=learners, limits=limits, nodes=nodes, **room_ports(nodes), **options)
     server = WorkshopServer(folder).start()
     try:
         asyncio.run(server.prepare())
@@ -42,7 +54,10 @@ def urls(folder: Path) -> dict[str, str]:
 
 
 async def raw_connect(url: str, **options: Any) -> Any:
-    """nats-py itself (not the kit): what any client can do with these credentials."""
+    """nats-py itself (not the kit): what any client can do with these credentials.
+
+    A cluster room's comma-separated URL is passed as nats-py's list of servers.
+    """
     settings = {"connect_timeout": 2, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.1, "allow_reconnect": False}
     settings.update(options)
-    return await nats.connect(url, **settings)
+    return await nats.connect(servers=url.split(","), **settings)

@@ -190,8 +190,11 @@ async def test_a_persistent_cluster_keeps_its_streams_across_a_full_restart(tmp_
 def test_options_are_checked_before_anything_starts():
     with pytest.raises(ValueError, match="at least one node"):
         EmbeddedCluster(0)
-    with pytest.raises(ValueError, match=r"ports needs one port per node \(3\)"):
+    with pytest.raises(ValueError, match=r"ports needs one entry per node \(3\)"):
         EmbeddedCluster(ports=[4222])
+    with pytest.raises(ValueError, match=r"node_names needs one entry per node \(3\)"):
+        EmbeddedCluster(node_names=["a", "b"])
+    assert EmbeddedCluster(node_names=["a", "b", "c"]).names == ["a", "b", "c"]
     with pytest.raises(ServerError, match="has not been started yet"):
         _ = EmbeddedCluster().urls
 

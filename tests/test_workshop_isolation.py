@@ -190,10 +190,9 @@ async def test_a_cannot_record_progress_as_b(room, a, instructor):
     await a.publish("progress.L02", payload)  # stays in A's own account: nobody there listens
     await a.publish("progress.L02.buslib.progress", payload)
     await a.flush()
-    js = instructor.jetstream()
 
     async def forged_records() -> list:
-        return [r for r in await read_progress(js) if r.key == "05/q3"]
+        return [r for r in await read_progress(instructor) if r.key == "05/q3"]
 
     found = await wait_until(forged_records, what="A's record in PROGRESS")
     assert [r.account for r in found] == ["L01"]  # the server says who sent it, whatever the payload claims
@@ -222,7 +221,7 @@ async def test_a_flooding_progress_only_pushes_out_its_own_records(a, b, instruc
     found = await counts()
     assert found["progress.L01"] == RECORDS_PER_LEARNER  # full, and never more: A's oldest went first
     assert found["progress.L02"] >= 1
-    assert any(r.account == "L02" and r.key == "00/q1" for r in await read_progress(js))
+    assert any(r.account == "L02" and r.key == "00/q1" for r in await read_progress(instructor))
 
 
 # -- limits: filling one account does not affect another -------------------------------------

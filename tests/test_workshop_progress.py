@@ -36,10 +36,9 @@ def room(tmp_path_factory) -> Iterator[dict[str, str]]:
 async def _records(url: str, wanted: int) -> list[Record]:
     nc = await connect_instructor(url)
     try:
-        js = nc.jetstream()
 
         async def enough() -> list[Record] | None:
-            found = await read_progress(js)
+            found = await read_progress(nc)
             return found if len(found) >= wanted else None
 
         return await wait_until(enough, what=f"{wanted} progress records")

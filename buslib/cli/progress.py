@@ -69,7 +69,7 @@ async def _workshop(args: argparse.Namespace) -> int:
         learners, tls = Room.load(room_dir).learners, instructor_tls(room_dir)
     nc = await connect_instructor(url, name="buslib-progress", tls=tls)
     try:
-        records = await read_progress(nc.jetstream(timeout=5))
+        records = await read_progress(nc)
     finally:
         await nc.close()
     state = BoardState(learners)

@@ -18,6 +18,7 @@ from typing import Any
 from buslib.errors import WorkshopError
 from buslib.workshop import DEFAULT_ROOM, Limits, Room, WorkshopServer, create_room, extend_room, parse_valid_until
 from buslib.workshop.board import BoardState, format_board, server_stats
+from buslib.workshop.config import DEFAULT_CLUSTER_PORT, MAX_NODES
 from buslib.workshop.progress import ProgressReader, connect_instructor, ensure_progress_stream
 from buslib.workshop.room import INSTRUCTOR_URL_ENV, MAX_LEARNERS, SYS_URL_ENV, instructor_urls, read_roster
 from buslib.workshop.serve import instructor_tls
@@ -52,12 +53,27 @@ def add_parser(commands: Any) -> None:
     init.add_argument("--consumers", type=int, default=Limits.max_consumers, help="consumers per learner (default 128)")
     init.add_argument("--connections", type=int, default=Limits.max_connections, help="connections per learner (64)")
     init.add_argument("--store-dir", type=Path, help="JetStream store (default: <room>/store)")
+    init.add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        default=1,
+        help=f"serve the room on a cluster of N nodes on this machine (2-{MAX_NODES}; 3 keeps serving when one fails)",
+    )
+    init.add_argument("--cluster-port", type=int, default=DEFAULT_CLUSTER_PORT, help="first route port (6222)")
     init.add_argument("--force", action="store_true", help="replace a room already in --out (new passwords!)")
     init.set_defaults(run=run_init)
 
     serve = actions.add_parser("serve", help="run the room's server with the bundled nats-server (Ctrl-C stops)")
     serve.add_argument("--room", type=Path, default=DEFAULT_ROOM, help=room_help)
     serve.add_argument("--for", dest="seconds", type=float, help="stop after this many seconds (default: at expiry)")
+    serve.add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        help="serve on N nodes (3: records and learners survive a lost node); a room never served yet is changed, "
+        "its roster rewritten with every node (same passwords); default: as the room was created",
+    )
     serve.set_defaults(run=run_serve)
 
     board = actions.add_parser("board", help="a live table of the room in this terminal")
@@ -123,13 +139,19 @@ def run_init(args: argparse.Namespace) -> int:
         limits=limits,
         store_dir=args.store_dir,
         overwrite=args.force,
+        nodes=args.cluster,
+        cluster_port=args.cluster_port,
     )
     print(f"Workshop {room.id}: {len(room.learners)} learners, valid until {room.valid_until.isoformat()}.")
     print(f"  roster (one line per learner):  {room.folder / 'roster.csv'}")
     print(f"  handouts to print or paste:     {room.folder / 'handouts.txt'}")
     print(f"  your credentials (board):       {room.folder / 'instructor.env'}")
-    print(f"  server configuration:           {room.folder / 'workshop.conf'} (+ accounts.conf, docker.conf)")
-    print(f"Learners connect to {room.scheme}://{room.host}:{room.port} with their own NATS_URL.")
+    if room.clustered:
+        configs = f"{room.config_path(0)} ... -n{room.nodes - 1}.conf (+ accounts.conf, routes.conf)"
+    else:
+        configs = f"{room.config_path()} (+ accounts.conf, docker.conf)"
+    print(f"  server configuration:           {configs}")
+    print(f"Learners connect to {_addresses(room)} with their own NATS_URL.")
     if room.loopback_only:
         print("It listens on 127.0.0.1 only: a rehearsal on this machine. For a room, pass --host with this machine's")
         print("address on the room's network (and --tls-cert/--tls-key on any network you do not trust).")
@@ -147,20 +169,45 @@ def _room_arg(folder: Path) -> str:
     return "" if folder == DEFAULT_ROOM else f" --room {folder}"
 
 
+def _ports(first: int, room: Room) -> str:
+    return f"{first}-{first + room.nodes - 1}" if room.clustered else str(first)
+
+
+def _addresses(room: Room) -> str:
+    where = f"{room.scheme}://{room.host}:{_ports(room.port, room)}"
+    return f"{where} (a cluster of {room.nodes} nodes)" if room.clustered else where
+
+
 def run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before saying "serving": a stop may follow at once
         signal.signal(sig, lambda *_: stop.set())
-    server = WorkshopServer(args.room)
+    before = Room.load(args.room).nodes
+    server = WorkshopServer(args.room, nodes=args.cluster)
     server.start()
     try:
         asyncio.run(server.prepare())
         room = server.room
         for warning in server.warnings:
             print(f"WARNING: {warning}", file=sys.stderr)
-        print(f"Workshop {room.id} is serving {len(room.learners)} learners (nats-server {server.version}).")
-        print(f"  learners:   {room.scheme}://learnerNN:PASSWORD@{room.host}:{room.port}  (their line of the roster)")
-        print(f"  listening:  {room.listen}:{room.port}; monitoring on 127.0.0.1:{room.monitor_port} only")
+        if room.nodes != before:
+            print(
+                f"The room now runs on {room.nodes} server{'s' if room.clustered else ''}: its roster, handouts and "
+                "instructor.env list every node (same passwords). Hand out the new lines; an older line still "
+                "reaches the first node, without another to fail over to."
+            )
+        on = f" on a {room.nodes}-node cluster" if room.clustered else ""
+        print(f"Workshop {room.id} is serving {len(room.learners)} learners{on} (nats-server {server.version}).")
+        print(f"  learners:   {room.url('learnerNN', 'PASSWORD')}  (their line of the roster)")
+        print(
+            f"  listening:  {room.listen}:{_ports(room.port, room)}; "
+            f"monitoring on 127.0.0.1:{_ports(room.monitor_port, room)} only"
+        )
+        if room.clustered:
+            print(
+                f"  routes:     127.0.0.1:{_ports(room.cluster_port, room)} only (with a password); the progress "
+                "records are kept on 3 nodes"
+            )
         print(f"  the board:  buslib workshop board{_room_arg(args.room)}")
         print(f"Stops at {room.valid_until.isoformat()} (when the passwords expire) or on Ctrl-C.", flush=True)
         return _serve_until_stopped(server, args.seconds, stop)
@@ -174,8 +221,15 @@ def _serve_until_stopped(server: WorkshopServer, seconds: float | None, stop: th
     checked = 0.0
     while not stop.wait(0.5):
         if not server.running:
-            print(f"error: nats-server exited unexpectedly; see its log: {server.log_path}", file=sys.stderr)
+            logs = ", ".join(str(path) for path in server.log_paths)
+            print(f"error: nats-server exited unexpectedly; see its log: {logs}", file=sys.stderr)
             return 1
+        for name in server.revive():  # a cluster node that exited: the others serve meanwhile
+            print(
+                f"WARNING: node {name} exited unexpectedly and was started again (its log: {server.node_log(name)}). "
+                "Learners' streams kept on it are back once it has caught up.",
+                file=sys.stderr,
+            )
         if time.monotonic() >= end:
             return 0
         if time.monotonic() - checked > 2:  # `buslib workshop extend` may have moved the end
@@ -209,16 +263,17 @@ async def _board(args: argparse.Namespace) -> int:
         from buslib.connection import connect
 
         sys_nc = await connect(sys_url, instructor=True, require_jetstream=False, tls=tls, name="buslib-board-stats")
-    js = nc.jetstream(timeout=5)
-    await ensure_progress_stream(js)  # a room served by docker compose: the board makes it
-    reader = await ProgressReader(js).start()
+    await ensure_progress_stream(nc.jetstream(timeout=5))  # a room served by docker compose: the board makes it
+    reader = await ProgressReader(nc).start()
     state = BoardState(learners)
     end = time.monotonic() + min(max(args.seconds, 0.0), LONGEST_RUN)
     try:
         while True:
-            await reader.catch_up(timeout=5.0)
+            problem = ""
+            if not await reader.catch_up(timeout=5.0):  # e.g. reconnecting after a cluster room lost a node
+                problem = "\n(the server did not answer in time: the latest checks may be missing; asking again)"
             state.add(await reader.read())
-            text = format_board(state.view(server=await server_stats(sys_nc) if sys_nc else None))
+            text = format_board(state.view(server=await server_stats(sys_nc) if sys_nc else None)) + problem
             if args.once:
                 print(text)
                 return 0

@@ -19,16 +19,15 @@ comma-separated ``cluster.url``, the ``NATS_URL`` form)::
 How it works:
 
 - Every node is a :class:`~buslib.server.node.ClusterNode`: an EmbeddedServer with a
-  ``server_name`` (``n0``, ``n1``, ...) and a ``cluster {}`` block listing every node's route.
-  Its client, monitoring and route ports lie below the OS's automatic port range, so a
-  crashed node comes back on the same addresses. One store per node.
+  ``server_name`` (``n0``, ...) and a ``cluster {}`` block listing every node's route; its
+  ports lie below the OS's automatic range (a crashed node comes back on the same addresses).
 - Ready means usable: every running node names the same JetStream meta leader, which knows
   all N nodes, and every node's ``/healthz`` says 200. Polled every 10 ms, never slept for.
 - A fresh cluster elects its first meta leader in ~0.2-0.8 s, but in ~6% of starts (2.15) a
-  split vote delays it 4-9 s; with temporary stores the nodes are replaced after
-  ``BOOTSTRAP_PATIENCE`` seconds instead (at most twice), which is quicker.
-- Who leads a stream or consumer comes from each node's ``/jsz``: the node that reports itself
-  as leader. No client needed, so it works while clients reconnect.
+  split vote delays it 4-9 s (server timers no option changes). With temporary stores a new
+  start is quicker: after ``BOOTSTRAP_PATIENCE`` seconds the nodes are replaced, at most twice.
+- Who leads a stream or consumer comes from each node's ``/jsz`` (the node that reports itself
+  as leader): no client needed, so it works while clients reconnect.
 - Nothing left behind: the owner's watchdog guards every node, as for one EmbeddedServer.
 """
 
@@ -70,6 +69,10 @@ class EmbeddedCluster:
         ready_timeout: seconds ``start()`` and ``restart()`` wait for the cluster to be ready.
         binary: the nats-server to run (2.11+); found like EmbeddedServer's when omitted.
         extra_config: lines appended to every node's config file (e.g. ``"debug: true\\n"``).
+        node_names: the nodes' ``server_name`` (default ``n0``, ``n1``, ...).
+        config_files: a configuration per node to run instead (a workshop room's); it names the
+            node's ports, store and ``cluster {}`` block: those options are then ignored.
+        account: whose streams ``leader_of()``, ``stored()`` and ``move_leader()`` look at.
 
     Attributes:
         nodes: the :class:`ClusterNode` objects, ``n0`` first.
@@ -91,12 +94,17 @@ class EmbeddedCluster:
         ready_timeout: float = 30.0,
         binary: str | Path | None = None,
         extra_config: str = "",
+        node_names: list[str] | None = None,
+        config_files: list[str | Path] | None = None,
+        account: str = "$G",
     ) -> None:
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"A cluster needs at least one node, got size={size!r}.")
-        for option, given in (("ports", ports), ("monitor_ports", monitor_ports), ("cluster_ports", cluster_ports)):
+        per_node: dict[str, list[Any] | None] = {"ports": ports, "monitor_ports": monitor_ports}
+        per_node.update(cluster_ports=cluster_ports, node_names=node_names, config_files=config_files)
+        for option, given in per_node.items():
             if given is not None and len(given) != size:
-                raise ValueError(f"{option} needs one port per node ({size}), got {given!r}.")
+                raise ValueError(f"{option} needs one entry per node ({size}), got {given!r}.")
         self.size = size
         self.name = name
         self.ready_timeout = ready_timeout
@@ -105,6 +113,9 @@ class EmbeddedCluster:
         self._limits = {"max_memory_store": max_memory_store, "max_file_store": max_file_store}
         self._binary = binary
         self._extra_config = extra_config
+        self._names = list(node_names or (f"n{i}" for i in range(size)))
+        self._config_files = config_files
+        self.account = account
         self.nodes: list[ClusterNode] = []
         self.history: list[tuple[float, str, str]] = []
         self.bootstrap_attempts = 0
@@ -123,7 +134,7 @@ class EmbeddedCluster:
 
     @property
     def names(self) -> list[str]:
-        return [f"n{i}" for i in range(self.size)]
+        return list(self._names)
 
     @property
     def version(self) -> str | None:
@@ -259,26 +270,14 @@ class EmbeddedCluster:
 
         The leader is the running node that reports itself as leader in its ``/jsz``.
         """
-        for node in self._up():
-            for detail in node.streams():
-                if detail.get("name") != stream:
-                    continue
-                if consumer is None:
-                    if (detail.get("cluster") or {}).get("leader") == node.name:
-                        return node.name
-                    continue
-                for cons in detail.get("consumer_detail") or []:
-                    if cons.get("name") == consumer and (cons.get("cluster") or {}).get("leader") == node.name:
-                        return node.name
-        return None
+        return next((node.name for node in self._up() if node.leads(stream, consumer, self.account)), None)
 
     def stored(self, stream: str) -> dict[str, int | None]:
         """How many messages each node's copy of ``stream`` holds (None: the node is down or has no copy)."""
         counts: dict[str, int | None] = {name: None for name in self.names}
         for node in self._up():
-            for detail in node.streams():
-                if detail.get("name") == stream:
-                    counts[node.name] = (detail.get("state") or {}).get("messages", 0)
+            if (detail := node.stream_detail(stream, self.account)) is not None:
+                counts[node.name] = (detail.get("state") or {}).get("messages", 0)
         return counts
 
     async def wait_for_leader(
@@ -314,7 +313,7 @@ class EmbeddedCluster:
 
         target = self.node(to).name
         what = f"consumer {stream}/{consumer}" if consumer else f"stream {stream}"
-        if not any(detail.get("name") == stream for detail in self.node(target).streams()):
+        if self.node(target).stream_detail(stream, self.account) is None:
             raise ServerError(f"Cannot move the leader of {what} to {target}: {target} holds no copy of {stream}.")
         api = f"CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else f"STREAM.LEADER.STEPDOWN.{stream}"
         request = json.dumps({"placement": {"preferred": target}}).encode()
@@ -382,7 +381,7 @@ class EmbeddedCluster:
         routes = [f"nats://127.0.0.1:{p}" for p in routes_at]
         self.nodes = [
             ClusterNode(
-                name=f"n{i}",
+                name=self._names[i],
                 cluster_name=self.name,
                 cluster_port=routes_at[i],
                 routes=routes,
@@ -391,6 +390,7 @@ class EmbeddedCluster:
                 monitor_port=monitor_ports[i] if monitor_ports else 0,
                 store_dir=self._store_root / f"n{i}" if self._store_root else None,
                 binary=self._binary,
+                config_file=self._config_files[i] if self._config_files else None,
                 **self._limits,
             )
             for i in range(self.size)

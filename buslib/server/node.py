@@ -111,6 +111,17 @@ class ClusterNode(EmbeddedServer):
         info = self.jsz(f"?acc={account}&streams=true&consumers=true&config=true") or {}
         return [detail for acc in info.get("account_details") or [] for detail in acc.get("stream_detail") or []]
 
+    def stream_detail(self, stream: str, account: str = "$G") -> dict[str, Any] | None:
+        """This node's copy of ``stream`` in ``account``, as ``/jsz`` describes it; None if it holds none."""
+        return next((detail for detail in self.streams(account) if detail.get("name") == stream), None)
+
+    def leads(self, stream: str, consumer: str | None = None, account: str = "$G") -> bool:
+        """Whether this node reports itself as the leader of ``stream`` (or of its ``consumer``)."""
+        detail = self.stream_detail(stream, account) or {}
+        if consumer is not None:
+            detail = next((c for c in detail.get("consumer_detail") or [] if c.get("name") == consumer), {})
+        return bool((detail.get("cluster") or {}).get("leader") == self.name)
+
     def healthy(self) -> bool:
         """``/healthz`` says 200: it knows the meta leader and everything it holds is current."""
         return self.monitor("/healthz")[0] == 200

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from buslib.errors import ServerError
 
-__all__ = ["automatic_port_range", "restartable_port", "restartable_ports"]
+__all__ = ["automatic_port_range", "restartable_port", "restartable_port_block", "restartable_ports"]
 
 _LOWEST = 10_000  # above the well-known and most registered service ports
 
@@ -62,3 +62,28 @@ def restartable_ports(count: int) -> list[int]:
         if len(chosen) == count:
             return chosen
     raise ServerError(f"Could not find {count} free ports below the OS's automatic port range; pass them explicitly.")
+
+
+def restartable_port_block(count: int, *, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1 now, below the automatic range.
+
+    For servers whose ports follow one another (a workshop cluster's node i uses ``port + i``).
+
+    Raises:
+        ServerError: no such block was found.
+    """
+    low = automatic_port_range()[0]
+    for _ in range(attempts if low - count > _LOWEST else 0):
+        first = random.randrange(_LOWEST, low - count)
+        if all(_free(port) for port in range(first, first + count)):
+            return first
+    raise ServerError(f"Could not find {count} consecutive free ports below the OS's automatic port range.")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

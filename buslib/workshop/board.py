@@ -14,11 +14,15 @@ A learner is *stuck* when their latest check of the question they are on failed 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import nats.errors
 
 from buslib.exercises import EXERCISES, questions
 from buslib.workshop.config import Learner
@@ -35,6 +39,7 @@ __all__ = [
     "catalogue",
     "format_board",
     "server_stats",
+    "servers_label",
 ]
 
 STUCK_TRIES = 3
@@ -91,13 +96,19 @@ class QuestionRow:
 
 @dataclass(frozen=True)
 class ServerStats:
-    """The server's load and each account's storage (from the system account)."""
+    """The server's load and each account's storage (from the system account).
+
+    On a cluster room: the nodes that answered, added up (CPU in % of one core, so 3 busy
+    nodes may show over 100%; storage counts each copy), and how many were asked.
+    """
 
     version: str
     cpu: float
     mem: int
     connections: int
     storage: dict[str, int] = field(default_factory=dict)
+    servers: int = 1
+    asked: int = 1
 
 
 @dataclass(frozen=True)
@@ -206,26 +217,61 @@ class BoardState:
         )
 
 
-async def server_stats(sys_nc: Any, *, timeout: float = 2.0) -> ServerStats | None:
+async def server_stats(sys_nc: Any, *, servers: int | None = None, timeout: float = 2.0) -> ServerStats | None:
     """The server's CPU, memory and connections, and each account's stored bytes; None if it does not say.
 
     Args:
         sys_nc: a connection as the room's system user (``BUSLIB_WORKSHOP_SYS_URL``).
+        servers: how many servers answer (a cluster room's nodes); default: as many as the
+            connection's URL lists (the room's system URL lists every node). A node that is
+            down is waited for until ``timeout``, then left out.
     """
+    if servers is None:
+        servers = max(1, len(sys_nc.servers) - len(sys_nc.discovered_servers))
+    query = json.dumps({"accounts": True}).encode()
     try:
-        varz = json.loads((await sys_nc.request("$SYS.REQ.SERVER.PING.VARZ", b"", timeout=timeout)).data)["data"]
-        query = json.dumps({"accounts": True}).encode()
-        jsz = json.loads((await sys_nc.request("$SYS.REQ.SERVER.PING.JSZ", query, timeout=timeout)).data)["data"]
+        varz, jsz = await asyncio.gather(  # at once: a node that is down costs one timeout, not two
+            _ask_every_server(sys_nc, "$SYS.REQ.SERVER.PING.VARZ", b"", servers, timeout),
+            _ask_every_server(sys_nc, "$SYS.REQ.SERVER.PING.JSZ", query, servers, timeout),
+        )
     except Exception:  # not the system user, or an old server: the board works without it
         return None
-    storage = {str(a.get("name")): int(a.get("storage") or 0) for a in jsz.get("account_details") or []}
+    if not varz:
+        return None
+    storage: dict[str, int] = {}
+    for answer in jsz:
+        for account in answer.get("account_details") or []:
+            name = str(account.get("name"))
+            storage[name] = storage.get(name, 0) + int(account.get("storage") or 0)
     return ServerStats(
-        version=str(varz.get("version", "")),
-        cpu=float(varz.get("cpu") or 0.0),
-        mem=int(varz.get("mem") or 0),
-        connections=int(varz.get("connections") or 0),
+        version=str(varz[0].get("version", "")),
+        cpu=sum(float(v.get("cpu") or 0.0) for v in varz),
+        mem=sum(int(v.get("mem") or 0) for v in varz),
+        connections=sum(int(v.get("connections") or 0) for v in varz),
         storage=storage,
+        servers=len(varz),
+        asked=servers,
     )
+
+
+async def _ask_every_server(nc: Any, subject: str, payload: bytes, servers: int, timeout: float) -> list[Any]:
+    """Each server's ``data`` in its answer to a ``$SYS.REQ.SERVER.PING...`` request (every server answers)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=servers)
+    answers: list[Any] = []
+    try:
+        await nc.publish(subject, payload, reply=inbox)
+        deadline = time.monotonic() + timeout
+        while len(answers) < servers and (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                break
+            answers.append(json.loads(msg.data)["data"])
+    finally:
+        with contextlib.suppress(Exception):  # gone already after max_msgs
+            await sub.unsubscribe()
+    return answers
 
 
 def ago(seconds: float | None) -> str:
@@ -283,10 +329,18 @@ def format_board(view: BoardView, *, width: int = 60) -> str:
     if view.server:
         s = view.server
         summary += (
-            f" Server {s.version}: CPU {s.cpu:.0f}%, memory {s.mem / 1024**2:.0f} MiB, {s.connections} connections."
+            f" {servers_label(s)} {s.version}: CPU {s.cpu:.0f}%, memory {s.mem / 1024**2:.0f} MiB, "
+            f"{s.connections} connections."
         )
     lines.append(summary)
     return "\n".join(lines)
+
+
+def servers_label(stats: ServerStats) -> str:
+    """``"Server"``; on a cluster room ``"3 servers"``, or ``"2 of 3 servers"`` while a node is down."""
+    if stats.asked == 1:
+        return "Server"
+    return f"{stats.servers} servers" if stats.servers == stats.asked else f"{stats.servers} of {stats.asked} servers"
 
 
 def _columns(headers: list[str], rows: list[list[str]]) -> str:

@@ -13,6 +13,9 @@ A room is a folder written by :func:`buslib.workshop.room.create_room`:
 - ``workshop.conf``: the server (``server_name``, interface and port, monitoring on
   127.0.0.1 only, JetStream store and limits, TLS); it includes ``accounts.conf``.
 - ``docker.conf``: the same for the official nats image (``docker compose up workshop``).
+- A room served on a cluster of N nodes has instead ``workshop-n0.conf`` ... one per node
+  (its own ``server_name``, ports and store, the same ``accounts.conf``) and ``routes.conf``
+  (the routes between the nodes, on 127.0.0.1, with a password); no Docker files.
 - ``workshop.json``: these settings, without secrets (:class:`Room`).
 
 Each account has its own JetStream namespace, so every learner's ``EX01_ORDERS`` is their own.
@@ -34,15 +37,19 @@ from buslib.errors import WorkshopError
 from buslib.exercises.recording import PROGRESS_SUBJECT
 
 __all__ = [
+    "DEFAULT_CLUSTER_PORT",
     "DEFAULT_ROOM",
     "DOCKER_ROOM",
+    "MAX_NODES",
     "PROGRESS_PREFIX",
     "PROGRESS_STREAM",
     "Learner",
     "Limits",
     "Room",
+    "check_ports",
     "parse_valid_until",
     "render_accounts_config",
+    "render_routes_config",
     "render_server_config",
 ]
 
@@ -51,6 +58,8 @@ DOCKER_ROOM = "/etc/nats/workshop"  # where docker-compose.yml mounts the room (
 PROGRESS_PREFIX = "progress"  # the instructor's account sees progress.<ACCOUNT>
 PROGRESS_STREAM = "PROGRESS"
 ROOM_FILE = "workshop.json"
+DEFAULT_CLUSTER_PORT = 6222  # node i's routes listen on 127.0.0.1:<cluster_port + i>
+MAX_NODES = 7
 MiB = 1024**2
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -94,6 +103,8 @@ class Room:
         listen: the interface the server listens on (``0.0.0.0`` for every interface).
         host: the host name or address in the learners' URLs.
         store_dir: the JetStream store; ``None`` means ``<folder>/store``.
+        nodes: how many nats-servers serve the room: 1, or a cluster (node i listens on
+            ``port + i``, monitors on ``monitor_port + i``, routes on ``cluster_port + i``).
     """
 
     folder: Path
@@ -109,10 +120,28 @@ class Room:
     limits: Limits = field(default_factory=Limits)
     instructor_limits: Limits = INSTRUCTOR_LIMITS
     store_dir: str | None = None
+    nodes: int = 1
+    cluster_port: int = DEFAULT_CLUSTER_PORT
 
     @property
     def server_name(self) -> str:
+        """The server's name (a cluster's name, its nodes adding ``-n0``, ``-n1``...)."""
         return WORKSHOP_SERVER_PREFIX + self.id
+
+    @property
+    def clustered(self) -> bool:
+        return self.nodes > 1
+
+    def node_name(self, node: int) -> str:
+        return f"{self.server_name}-n{node}" if self.clustered else self.server_name
+
+    def node_store(self, node: int) -> Path:
+        """Where node ``node`` keeps every account's streams."""
+        return self.store / f"n{node}" if self.clustered else self.store
+
+    def config_path(self, node: int = 0) -> Path:
+        """The configuration file node ``node`` runs."""
+        return self.folder / (f"workshop-n{node}.conf" if self.clustered else "workshop.conf")
 
     @property
     def scheme(self) -> str:
@@ -127,9 +156,9 @@ class Room:
         return self.listen in _LOOPBACK
 
     def url(self, user: str, password: str) -> str:
-        """A client URL with credentials, as written in the roster."""
+        """A client URL with credentials, as written in the roster; comma-separated, one per node, in a cluster."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{user}:{password}@{host}:{self.port}"
+        return ",".join(f"{self.scheme}://{user}:{password}@{host}:{self.port + i}" for i in range(self.nodes))
 
     def expired(self, now: dt.datetime | None = None) -> bool:
         return (now or dt.datetime.now(dt.timezone.utc)) >= self.valid_until
@@ -178,6 +207,8 @@ class Room:
                 limits=Limits(**data["limits"]),
                 instructor_limits=Limits(**data["instructor_limits"]),
                 store_dir=data.get("store_dir"),
+                nodes=int(data.get("nodes", 1)),  # rooms written before clusters: one server
+                cluster_port=int(data.get("cluster_port", DEFAULT_CLUSTER_PORT)),
             )
         except FileNotFoundError:
             raise WorkshopError(
@@ -188,6 +219,20 @@ class Room:
             raise WorkshopError(
                 f"{path} is damaged ({type(err).__name__}: {err}). Create the room again (buslib workshop init)."
             ) from None
+
+
+def check_ports(nodes: int, port: int, monitor_port: int, cluster_port: int) -> None:
+    """Refuse a number of nodes out of range, or client, monitoring and route ports out of range or colliding."""
+    if not 1 <= nodes <= MAX_NODES:
+        raise WorkshopError(f"A room is served by 1 server or a cluster of 2 to {MAX_NODES} (3 is usual), not {nodes}.")
+    ranges = [range(first, first + nodes) for first in (port, monitor_port) + ((cluster_port,) if nodes > 1 else ())]
+    taken = [p for r in ranges for p in r]
+    if not all(0 < p < 65536 for p in taken) or len(set(taken)) != len(taken):
+        each = f" ({nodes} each, one per node)" if nodes > 1 else ""
+        raise WorkshopError(
+            f"The client, monitoring{' and route' if nodes > 1 else ''} ports must be different numbers from 1 to "
+            f"65535{each}; got {', '.join(f'{r.start}-{r.stop - 1}' if nodes > 1 else str(r.start) for r in ranges)}."
+        )
 
 
 def write_private(path: Path, text: str) -> None:
@@ -289,26 +334,35 @@ def render_accounts_config(room: Room, hashes: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def render_server_config(room: Room, *, docker: bool = False) -> str:
+def render_server_config(room: Room, *, docker: bool = False, node: int = 0) -> str:
     """``workshop.conf`` (or, with ``docker``, ``docker.conf``): the server around ``accounts.conf``.
 
+    In a cluster room, node ``node``'s ``workshop-nN.conf``: its own name, ports and store, and
+    a ``cluster {}`` block (routes on 127.0.0.1 only, with the password in ``routes.conf``).
     Monitoring has no authentication, so it listens on 127.0.0.1 only (in Docker: inside the
     container, published on the host's loopback by docker-compose.yml).
+
+    Raises:
+        WorkshopError: ``docker`` for a cluster room (the compose profile runs one server).
     """
     memory, disk = room.totals()
+    if docker and room.clustered:
+        raise WorkshopError("docker-compose.yml's workshop profile runs one server, not a cluster room's nodes.")
     if docker:
         listen, http, store, tls_dir = "0.0.0.0:4222", "0.0.0.0:8222", "/data", f"{DOCKER_ROOM}/tls"
     else:
-        listen = _hostport(room.listen, room.port)
+        listen = _hostport(room.listen, room.port + node)
         http, store, tls_dir = (
-            f"127.0.0.1:{room.monitor_port}",
-            str(room.store.resolve()),
+            f"127.0.0.1:{room.monitor_port + node}",
+            str(room.node_store(node).resolve()),
             str(room.folder.resolve() / "tls"),
         )
+    which = f", node {node} of {room.nodes}" if room.clustered else ""
     lines = [
-        f"# buslib workshop {room.id} for {len(room.learners)} learners, valid until {room.valid_until.isoformat()}.",
+        f"# buslib workshop {room.id}{which} for {len(room.learners)} learners, "
+        f"valid until {room.valid_until.isoformat()}.",
         "# Written by buslib workshop (init, serve): edit the room with its commands, not by hand.",
-        f"server_name: {_q(room.server_name)}",
+        f"server_name: {_q(room.node_name(node))}",
         f"listen: {_q(listen)}",
         f"http: {_q(http)}",
         f"max_connections: {len(room.learners) * room.limits.max_connections + room.instructor_limits.max_connections + 16}",
@@ -320,6 +374,18 @@ def render_server_config(room: Room, *, docker: bool = False) -> str:
         f"  max_file_store: {disk}",
         "}",
     ]
+    if room.clustered:
+        lines += [
+            "cluster {",
+            f"  name: {_q(room.server_name)}",
+            "  # The nodes talk to each other on this machine only, with the password in routes.conf.",
+            f"  listen: {_q(f'127.0.0.1:{room.cluster_port + node}')}",
+            "  # Learners' URLs list every node: no other addresses are advertised to clients (they would",
+            "  # lack the credentials, and 127.0.0.1 means nothing on a learner's machine).",
+            "  no_advertise: true",
+            '  include "routes.conf"',
+            "}",
+        ]
     if room.tls:
         lines += [
             "tls {",
@@ -330,3 +396,15 @@ def render_server_config(room: Room, *, docker: bool = False) -> str:
         ]
     lines += ['include "accounts.conf"', ""]
     return "\n".join(lines)
+
+
+def render_routes_config(room: Room, password: str) -> str:
+    """``routes.conf`` (inside each node's ``cluster {}``): who may connect as a route, and every node's route."""
+    routes = ", ".join(
+        _q(f"nats-route://route:{password}@127.0.0.1:{room.cluster_port + i}") for i in range(room.nodes)
+    )
+    return (
+        f"# buslib workshop {room.id}: the routes between its {room.nodes} nodes. Keep it to yourself.\n"
+        f'authorization {{ user: "route", password: {_q(password)}, timeout: 2 }}\n'
+        f"routes: [ {routes} ]\n"
+    )

@@ -1,6 +1,7 @@
 """The room's progress records, read by the instructor: the ``PROGRESS`` stream of the instructor's account.
 
->>> reader = await ProgressReader(js).start()       # doctest: +SKIP
+>>> reader = await ProgressReader(nc).start()       # doctest: +SKIP
+>>> await reader.catch_up()                         # doctest: +SKIP
 >>> records = await reader.read()                   # every record so far, then only new ones
 >>> records[0].account, records[0].key, records[0].status        # doctest: +SKIP
 ('L07', '01/q2', 'incorrect')
@@ -16,15 +17,20 @@ who floods it only pushes out their own oldest records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from buslib._nats.info import connection_account
+from buslib._nats.protocol import API_PREFIX
 from buslib.connection import INSTRUCTOR_ACCOUNT, connect, is_workshop_server, redact
 from buslib.errors import WorkshopError
 from buslib.workshop.config import PROGRESS_PREFIX, PROGRESS_STREAM
@@ -45,6 +51,7 @@ __all__ = [
 RECORDS_PER_LEARNER = 1000  # a learner checking each of 17 questions ten times writes 170
 MAX_RECORD_BYTES = 4096  # a record is about 300 bytes; larger ones are refused by the stream
 STATUSES = ("correct", "incorrect", "not attempted", "error")
+BATCH = 256  # records per direct get request
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,8 @@ def parse_record(subject: str, data: bytes, seq: int = 0, *, received: float | N
     )
 
 
-def progress_stream_config() -> StreamConfig:
-    """The PROGRESS stream: one subject per learner, bounded per learner."""
+def progress_stream_config(*, replicas: int = 1) -> StreamConfig:
+    """The PROGRESS stream: one subject per learner, bounded per learner; ``replicas`` copies (3 on a cluster)."""
     return StreamConfig(
         name=PROGRESS_STREAM,
         description="buslib workshop: every learner's check results (progress.<ACCOUNT>)",
@@ -125,12 +132,24 @@ def progress_stream_config() -> StreamConfig:
         max_msgs_per_subject=RECORDS_PER_LEARNER,
         max_msg_size=MAX_RECORD_BYTES,
         discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        allow_direct=True,  # the board reads by sequence, from any copy (ProgressReader)
     )
 
 
-async def ensure_progress_stream(js: Any) -> None:
-    """Create the PROGRESS stream in the instructor's account (or bring an older one up to date)."""
-    config = progress_stream_config()
+async def ensure_progress_stream(js: Any, *, replicas: int | None = None) -> None:
+    """Create the PROGRESS stream in the instructor's account (or bring an older one up to date).
+
+    Args:
+        replicas: copies on that many nodes (3 on a cluster room, so the records survive a lost
+            node); ``None`` keeps an existing stream's (the board's call), 1 for a new one.
+    """
+    if replicas is None:
+        try:
+            replicas = (await js.stream_info(PROGRESS_STREAM)).config.num_replicas or 1
+        except nats.js.errors.NotFoundError:
+            replicas = 1
+    config = progress_stream_config(replicas=replicas)
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as err:
@@ -140,35 +159,43 @@ async def ensure_progress_stream(js: Any) -> None:
 
 
 class ProgressReader:
-    """Reads the PROGRESS stream from its start and keeps following it (an ordered consumer).
+    """Reads the PROGRESS stream from its start, then what is new at each ``catch_up``.
+
+    No consumer: it asks the stream for the records after the last one it has, in batches
+    (JetStream's direct get), which any node holding a copy answers. So on a cluster room it
+    keeps reading while a lost node's streams elect new leaders, and a board leaves nothing
+    behind on the server.
 
     Args:
-        js: a JetStream context of the instructor's account.
+        nc: a connection to the instructor's account (:func:`connect_instructor`).
+        timeout: seconds to wait for one answer of the server.
     """
 
-    def __init__(self, js: Any) -> None:
-        self._js = js
-        self._sub: Any = None
+    def __init__(self, nc: Any, *, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=timeout)
+        self._timeout = timeout
         self._pending: list[Record] = []
         self.last_seq = 0
         self.skipped = 0  # messages that were not records (garbage a learner published)
 
     async def start(self) -> ProgressReader:
-        if self._sub is None:
-            self._sub = await self._js.subscribe(
-                f"{PROGRESS_PREFIX}.>", stream=PROGRESS_STREAM, ordered_consumer=True, cb=self._on_message
-            )
-        return self
+        """Make sure the stream answers direct gets (a room made by an older kit: switched on here).
 
-    async def _on_message(self, msg: Any) -> None:
-        seq = msg.metadata.sequence.stream
-        self.last_seq = max(self.last_seq, seq)
-        stamp = msg.metadata.timestamp  # the server's clock: the same for every learner, and not theirs to set
-        record = parse_record(msg.subject, msg.data, seq, received=stamp.timestamp() if stamp else None)
-        if record is None:
-            self.skipped += 1
-        else:
-            self._pending.append(record)
+        Raises:
+            WorkshopError: the stream does not exist (nothing prepared it yet).
+        """
+        try:
+            info = await self._js.stream_info(PROGRESS_STREAM)
+        except nats.js.errors.NotFoundError:
+            raise WorkshopError(
+                "This workshop server has no PROGRESS stream, so no check has been recorded. `buslib workshop "
+                "serve` and the board create it; start the board before learners begin when the room runs in Docker."
+            ) from None
+        if not info.config.allow_direct:
+            info.config.allow_direct = True
+            await self._js.update_stream(info.config)
+        return self
 
     async def read(self) -> list[Record]:
         """The records that arrived since the last call (the first call: all so far)."""
@@ -176,44 +203,85 @@ class ProgressReader:
         return records
 
     async def catch_up(self, *, timeout: float = 10.0) -> bool:
-        """Wait until every record stored when called has arrived; False if ``timeout`` passed first."""
-        info = await self._js.stream_info(PROGRESS_STREAM)
-        target = info.state.last_seq if info.state.messages else 0
+        """Fetch every record stored when called; False if ``timeout`` passed first.
+
+        "Stored" as the stream's leader counts it; while the stream has no leader (a cluster
+        room electing one), what the copies that answer hold.
+        """
         deadline = time.monotonic() + timeout
-        while self.last_seq < target:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        try:
+            info = await self._js.stream_info(PROGRESS_STREAM)
+            target = info.state.last_seq if info.state.messages else 0
+        except (nats.errors.Error, asyncio.TimeoutError):  # no leader right now: read what the copies have
+            target = None
+        while time.monotonic() < deadline:
+            try:
+                pending = await self._fetch(min(self._timeout, max(0.1, deadline - time.monotonic())))
+            except nats.errors.TimeoutError:  # no copy answered in time (e.g. reconnecting): ask again
+                continue
+            if not pending and (target is None or self.last_seq >= target):
+                return True
+            if not pending:  # a copy a little behind the leader answered: ask again
+                await asyncio.sleep(0.02)
+        return False
+
+    async def _fetch(self, timeout: float) -> int:
+        """One batch of records after ``last_seq``; returns how many more the stream holds after it."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        request = {"seq": self.last_seq + 1, "next_by_subj": f"{PROGRESS_PREFIX}.>", "batch": BATCH}
+        try:
+            await self._nc.publish(f"{API_PREFIX}.DIRECT.GET.{PROGRESS_STREAM}", json.dumps(request).encode(), inbox)
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":  # nothing after last_seq
+                    return 0
+                if status:  # 204: the end of this batch
+                    return int(headers.get("Nats-Num-Pending") or 0)
+                self._take(headers, msg.data)
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be closing already
+                await sub.unsubscribe()
+
+    def _take(self, headers: dict[str, str], data: bytes) -> None:
+        seq = int(headers["Nats-Sequence"])
+        self.last_seq = max(self.last_seq, seq)
+        # The time the server stored it: the same clock for every learner, and not theirs to set.
+        received = _timestamp(headers.get("Nats-Time-Stamp", ""))
+        record = parse_record(headers.get("Nats-Subject", ""), data, seq, received=received)
+        if record is None:
+            self.skipped += 1
+        else:
+            self._pending.append(record)
 
     async def stop(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may be closing already
-                pass
+        """Nothing to release on the server (no consumer); kept for symmetry with ``start``."""
 
 
-async def read_progress(js: Any, *, timeout: float = 10.0) -> list[Record]:
+def _timestamp(text: str) -> float | None:
+    """Epoch seconds from a JetStream time stamp (``2026-12-01T23:45:28.335447105Z``), or None."""
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if not match:
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    whole = dt.datetime.fromisoformat(match.group(1) + zone).timestamp()
+    return whole + float("0." + match.group(2)) if match.group(2) else whole
+
+
+async def read_progress(nc: Any, *, timeout: float = 10.0) -> list[Record]:
     """Every record in the PROGRESS stream now, oldest first.
+
+    Args:
+        nc: a connection to the instructor's account (:func:`connect_instructor`).
 
     Raises:
         WorkshopError: the stream does not exist (nothing prepared it yet).
     """
-    try:
-        await js.stream_info(PROGRESS_STREAM)
-    except nats.js.errors.NotFoundError:
-        raise WorkshopError(
-            "This workshop server has no PROGRESS stream, so no check has been recorded. `buslib workshop serve` "
-            "and the board create it; start the board before learners begin when the room runs in Docker."
-        ) from None
-    reader = await ProgressReader(js).start()
-    try:
-        await reader.catch_up(timeout=timeout)
-        return await reader.read()
-    finally:
-        await reader.stop()
+    reader = await ProgressReader(nc).start()
+    await reader.catch_up(timeout=timeout)
+    return await reader.read()
 
 
 async def connect_instructor(url: str, *, name: str = "buslib-workshop", tls: Any = None) -> Any:

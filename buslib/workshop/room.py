@@ -11,11 +11,13 @@ Files (all readable by their owner only; the folder too):
 - ``handouts.txt``: the same as slips to print or paste, one per learner;
 - ``instructor.env``: ``BUSLIB_WORKSHOP_URL`` (the instructor's account, for the board) and
   ``BUSLIB_WORKSHOP_SYS_URL`` (the system user, for server statistics);
-- ``compose.env``: the interface and ports for ``docker compose --env-file``;
+- ``compose.env``: the interface and ports for ``docker compose --env-file`` (one server only);
 - ``tls/cert.pem``, ``tls/key.pem`` (and ``ca.pem`` to hand out) when TLS is on;
-- the configuration files of :mod:`buslib.workshop.config`.
+- the configuration files of :mod:`buslib.workshop.config` (one per node in a cluster room).
 
 Each ``create_room`` makes new passwords: every URL of an earlier roster stops working.
+``resize_room`` makes a room that was never served a cluster (or one server again): same
+passwords, every URL listing every node.
 """
 
 from __future__ import annotations
@@ -24,21 +26,26 @@ import csv
 import dataclasses
 import datetime as dt
 import io
+import re
 import secrets
 import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from buslib.errors import WorkshopError
 from buslib.server.stores import store_in_use
 from buslib.workshop.config import (
+    DEFAULT_CLUSTER_PORT,
     INSTRUCTOR_LIMITS,
     ROOM_FILE,
     Learner,
     Limits,
     Room,
+    check_ports,
     render_accounts_config,
+    render_routes_config,
     render_server_config,
     write_private,
 )
@@ -54,6 +61,7 @@ __all__ = [
     "hash_password",
     "instructor_urls",
     "read_roster",
+    "resize_room",
     "write_room_files",
 ]
 
@@ -61,6 +69,7 @@ INSTRUCTOR_URL_ENV = "BUSLIB_WORKSHOP_URL"
 SYS_URL_ENV = "BUSLIB_WORKSHOP_SYS_URL"
 MAX_LEARNERS = 500
 BCRYPT_COST = 4  # the passwords are random (130 bits): a higher cost buys nothing and costs the server CPU per connect
+PROGRESS_COPIES = 3  # the instructor's budget holds PROGRESS 3 times: a cluster room keeps it on 3 nodes
 _ALPHABET = string.ascii_letters + string.digits  # nothing to escape in a URL
 
 
@@ -104,6 +113,8 @@ def create_room(
     store_dir: str | Path | None = None,
     overwrite: bool = False,
     bcrypt_cost: int = BCRYPT_COST,
+    nodes: int = 1,
+    cluster_port: int = DEFAULT_CLUSTER_PORT,
 ) -> Room:
     """Write a new room into ``folder``: configuration, roster, handouts, instructor credentials.
 
@@ -122,6 +133,8 @@ def create_room(
         store_dir: the JetStream store; defaults to ``<folder>/store``.
         overwrite: replace a room already in ``folder``: its roster stops working, and its
             streams and progress records are deleted (refused while it is being served).
+        nodes: 1 server, or a cluster of ``nodes`` on this machine (3 keeps serving when one
+            fails); node i uses ``port + i``, ``monitor_port + i`` and routes on ``cluster_port + i``.
 
     Raises:
         WorkshopError: a setting is out of range, a TLS file is missing, or ``folder``
@@ -130,8 +143,7 @@ def create_room(
     folder = Path(folder)
     if not 1 <= learners <= MAX_LEARNERS:
         raise WorkshopError(f"A room has 1 to {MAX_LEARNERS} learners, not {learners}.")
-    if not (0 < port < 65536 and 0 < monitor_port < 65536) or port == monitor_port:
-        raise WorkshopError(f"Ports must be two different numbers from 1 to 65535 (got {port} and {monitor_port}).")
+    check_ports(nodes, port, monitor_port, cluster_port)
     if bool(tls_cert) != bool(tls_key):
         raise WorkshopError("TLS needs both the certificate and its private key (or neither, for no TLS).")
     for path in (tls_cert, tls_key, tls_ca):
@@ -161,12 +173,15 @@ def create_room(
         tls=bool(tls_cert),
         learners=[Learner(n, f"L{n:0{width}d}", f"learner{n:0{width}d}") for n in range(1, learners + 1)],
         limits=limits or Limits(),
-        # room for every learner's progress records at their largest, plus the instructor's own streams
+        # room for every learner's progress records at their largest (in as many copies as a
+        # cluster room keeps), plus the instructor's own streams
         instructor_limits=dataclasses.replace(
             INSTRUCTOR_LIMITS,
-            max_file=INSTRUCTOR_LIMITS.max_file + learners * RECORDS_PER_LEARNER * MAX_RECORD_BYTES,
+            max_file=INSTRUCTOR_LIMITS.max_file + PROGRESS_COPIES * learners * RECORDS_PER_LEARNER * MAX_RECORD_BYTES,
         ),
         store_dir=str(Path(store_dir).resolve()) if store_dir else None,
+        nodes=nodes,
+        cluster_port=cluster_port,
     )
     if room.valid_until <= now:
         raise WorkshopError(
@@ -185,26 +200,69 @@ def create_room(
     if tls_ca:
         shutil.copyfile(tls_ca, folder / "ca.pem")  # public: learners get it
     write_private(folder / "accounts.conf", render_accounts_config(room, hashes))
-    write_private(
-        folder / "instructor.env",
-        f"# buslib workshop {room.id}, valid until {room.valid_until.isoformat()}. Keep it to yourself.\n"
-        f"{INSTRUCTOR_URL_ENV}={room.url('instructor', passwords['instructor'])}\n"
-        f"{SYS_URL_ENV}={room.url('sys', passwords['sys'])}\n",
-    )
+    _write_instructor_env(room, passwords)
     _write_roster(room, passwords)
     write_room_files(room)
     return room
 
 
+def _write_instructor_env(room: Room, passwords: dict[str, str]) -> None:
+    write_private(
+        room.folder / "instructor.env",
+        f"# buslib workshop {room.id}, valid until {room.valid_until.isoformat()}. Keep it to yourself.\n"
+        f"{INSTRUCTOR_URL_ENV}={room.url('instructor', passwords['instructor'])}\n"
+        f"{SYS_URL_ENV}={room.url('sys', passwords['sys'])}\n",
+    )
+
+
+def _stores(room: Room) -> list[Path]:
+    return [room.node_store(node) for node in range(room.nodes)]
+
+
 def _forget_old_room(old: Room) -> None:
     """A new room starts empty: the old room's streams and progress records would show up in it."""
-    pid = store_in_use(old.store)
-    if pid is not None:
+    for store in _stores(old):
+        pid = store_in_use(store)
+        if pid is not None:
+            raise WorkshopError(
+                f"Workshop {old.id} is being served right now (process {pid}). Stop it first (Ctrl-C where "
+                "it runs), then create the new room."
+            )
+    for store in _stores(old):
+        shutil.rmtree(store / "jetstream", ignore_errors=True)
+
+
+def resize_room(folder: str | Path, nodes: int) -> Room:
+    """Serve a room on ``nodes`` servers from now on (a cluster, or one server): same passwords, new URLs.
+
+    The roster, the handouts and ``instructor.env`` are written again: every URL lists every
+    node (a learner's older line still reaches the first node, without the others to fail over to).
+
+    Raises:
+        WorkshopError: the room holds streams already (it has been served with its current
+            number of servers: they would not move), or ``nodes`` is out of range, or its
+            ports would collide.
+    """
+    room = Room.load(folder)
+    if nodes == room.nodes:
+        return room
+    check_ports(nodes, room.port, room.monitor_port, room.cluster_port)
+    served = [store for store in _stores(room) if (store / "jetstream").exists()]
+    if served:
+        layout = f"a cluster of {room.nodes}" if room.clustered else "one server"
         raise WorkshopError(
-            f"Workshop {old.id} is being served right now (process {pid}). Stop it first (Ctrl-C where "
-            "it runs), then create the new room."
+            f"Workshop {room.id} has been served on {layout} already: its learners' streams and the progress "
+            f"records are in {served[0]}, and would not move to {nodes} server{'s' if nodes > 1 else ''}.\n"
+            f"What to do: serve it as it is (on {room.nodes} server{'s' if room.clustered else ''}), or create a new "
+            f"room for {nodes} (new passwords: hand out its roster)."
         )
-    shutil.rmtree(old.store / "jetstream", ignore_errors=True)
+    room.nodes = nodes
+    lines = [dataclasses.replace(x, nats_url=room.url(x.user, x.password)) for x in read_roster(folder)]
+    instructor, system = (urlparse(url.split(",")[0]).password or "" for url in instructor_urls(folder))
+    write_room_files(room)
+    _save_roster(room, lines)
+    _write_instructor_env(room, {"instructor": instructor, "sys": system})
+    return room
 
 
 def _host_and_listen(host: str | None, listen: str | None) -> tuple[str, str]:
@@ -229,19 +287,38 @@ def _host_and_listen(host: str | None, listen: str | None) -> tuple[str, str]:
     return host, listen
 
 
+_ROUTE_PASSWORD = re.compile(r'^authorization \{ user: "route", password: "([A-Za-z0-9]+)"', re.MULTILINE)
+
+
 def write_room_files(room: Room) -> None:
     """(Re)write the files made from the room's settings: workshop.json, the server configs, compose.env.
 
-    The roster and the accounts (passwords) are not touched.
+    One server: ``workshop.conf``, ``docker.conf``, ``compose.env``. A cluster: one
+    ``workshop-nN.conf`` per node and ``routes.conf`` (its route password is made once and
+    kept: a node restarted later must still be let in by the others). The files of the other
+    layout are removed. The roster and the accounts (passwords) are not touched.
     """
     room.save()
-    write_private(room.folder / "workshop.conf", render_server_config(room))
-    write_private(room.folder / "docker.conf", render_server_config(room, docker=True))
+    folder = room.folder
+    single = ("workshop.conf", "docker.conf", "compose.env")
+    if room.clustered:
+        for name in single:
+            (folder / name).unlink(missing_ok=True)
+        routes = folder / "routes.conf"
+        found = _ROUTE_PASSWORD.search(routes.read_text()) if routes.exists() else None
+        write_private(routes, render_routes_config(room, found.group(1) if found else new_password()))
+        for node in range(room.nodes):
+            write_private(room.config_path(node), render_server_config(room, node=node))
+        return
+    for stale in [folder / "routes.conf", *folder.glob("workshop-n*.conf")]:
+        stale.unlink(missing_ok=True)
+    write_private(room.config_path(), render_server_config(room))
+    write_private(folder / "docker.conf", render_server_config(room, docker=True))
     publish = "0.0.0.0" if room.listen in ("0.0.0.0", "::") else room.listen
     write_private(
-        room.folder / "compose.env",
-        f"# docker compose --env-file {room.folder}/compose.env up -d workshop\n"
-        f"WORKSHOP_DIR={room.folder.resolve()}\nWORKSHOP_LISTEN={publish}\n"
+        folder / "compose.env",
+        f"# docker compose --env-file {folder}/compose.env up -d workshop\n"
+        f"WORKSHOP_DIR={folder.resolve()}\nWORKSHOP_LISTEN={publish}\n"
         f"WORKSHOP_PORT={room.port}\nWORKSHOP_MONITOR_PORT={room.monitor_port}\n",
     )
 

@@ -14,13 +14,15 @@ configuration, so it is guarded like every other server of the kit: it never out
 process that started it. The room decides the interface (the instructor's choice), and every
 connection must authenticate. ``start`` refuses an expired room.
 
-Serving a room on a cluster (``EmbeddedCluster``, issue 12) plugs in here: one
-``render_server_config`` per node with its own ``server_name``, ports, routes and store,
-all including the same ``accounts.conf``.
+A cluster room (``nodes`` > 1) runs on an :class:`~buslib.server.EmbeddedCluster`: each node
+its own ``workshop-nN.conf`` (its ``server_name``, ports, store, routes on 127.0.0.1) around
+the same ``accounts.conf``, and ``prepare`` keeps the PROGRESS stream on 3 nodes, so the
+records survive a lost node. ``revive`` restarts a node that exited by itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -31,13 +33,17 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from buslib.connection import INSTRUCTOR_ACCOUNT
 from buslib.errors import ServerError, WorkshopError
-from buslib.server import EmbeddedServer
-from buslib.workshop.config import Limits, Room
+from buslib.server import EmbeddedCluster, EmbeddedServer
+from buslib.server.ports import restartable_port_block
+from buslib.workshop.config import DEFAULT_CLUSTER_PORT, Limits, Room
 from buslib.workshop.progress import connect_instructor, ensure_progress_stream
-from buslib.workshop.room import create_room, instructor_urls, read_roster, write_room_files
+from buslib.workshop.room import create_room, instructor_urls, read_roster, resize_room, write_room_files
 
-__all__ = ["LocalRoom", "WorkshopServer", "instructor_tls", "preflight"]
+__all__ = ["MAX_REVIVALS", "LocalRoom", "WorkshopServer", "instructor_tls", "preflight"]
+
+MAX_REVIVALS = 3  # restarts of one node that keeps exiting by itself; then it stays down (its log says why)
 
 
 def preflight(room: Room, *, now: dt.datetime | None = None) -> list[str]:
@@ -89,34 +95,55 @@ def instructor_tls(folder: str | Path) -> ssl.SSLContext | None:
 
 
 class WorkshopServer:
-    """A room's nats-server: the room's configuration, the bundled binary, guarded by the watchdog.
+    """A room's nats-server (or its cluster's nodes): the room's configuration, the bundled binary, the watchdog.
 
     Args:
         folder: the room (written by ``buslib workshop init``).
         binary: the nats-server to run; the bundled one when omitted.
+        nodes: serve the room on this many nodes from now on (see :func:`resize_room`: only a
+            room never served changes); ``None`` serves it as it is.
+
+    Attributes:
+        server: the one server of a single-server room while it runs.
+        cluster: the nodes of a cluster room while they run.
+        revived: how often each node was restarted by :meth:`revive`.
     """
 
-    def __init__(self, folder: str | Path, *, binary: str | Path | None = None) -> None:
+    def __init__(self, folder: str | Path, *, binary: str | Path | None = None, nodes: int | None = None) -> None:
         self.folder = Path(folder)
         self.room = Room.load(self.folder)
         self.warnings: list[str] = []
         self._binary = binary
+        self._nodes = nodes
         self.server: EmbeddedServer | None = None
+        self.cluster: EmbeddedCluster | None = None
+        self.revived: dict[str, int] = {}
 
     def start(self) -> WorkshopServer:
-        """Check the room, write its server configuration again, start the server, wait until ready.
+        """Check the room, write its server configuration again, start the server(s), wait until ready.
 
         Raises:
-            WorkshopError: the room has expired, or the server did not start (its own words included).
+            WorkshopError: the room has expired, cannot change its number of nodes, or the
+                server did not start (its own words included).
         """
-        self.room = Room.load(self.folder)
+        self.room = Room.load(self.folder) if self._nodes is None else resize_room(self.folder, self._nodes)
         self.warnings = preflight(self.room)
         write_room_files(self.room)  # the server part follows workshop.json (e.g. after the folder moved)
-        server = EmbeddedServer(
-            config_file=self.folder / "workshop.conf", store_dir=self.room.store, binary=self._binary
-        )
+        room = self.room
         try:
-            self.server = server.start()
+            if room.clustered:
+                self.cluster = EmbeddedCluster(
+                    room.nodes,
+                    name=room.server_name,
+                    store_root=room.store,
+                    node_names=[room.node_name(n) for n in range(room.nodes)],
+                    config_files=[room.config_path(n) for n in range(room.nodes)],
+                    account=INSTRUCTOR_ACCOUNT,
+                    binary=self._binary,
+                ).start()
+            else:
+                server = EmbeddedServer(config_file=room.config_path(), store_dir=room.store, binary=self._binary)
+                self.server = server.start()
         except ServerError as err:
             raise WorkshopError(
                 f"The workshop server did not start.\n{err}\nIf a port is taken: stop the program that uses it "
@@ -125,38 +152,85 @@ class WorkshopServer:
         return self
 
     async def prepare(self) -> None:
-        """Create the PROGRESS stream in the instructor's account (where every check is recorded)."""
+        """Create the PROGRESS stream in the instructor's account (where every check is recorded): 3 copies on a cluster."""
         url, _ = instructor_urls(self.folder)
         nc = await connect_instructor(url, name="buslib-workshop-serve", tls=instructor_tls(self.folder))
         try:
-            await ensure_progress_stream(nc.jetstream(timeout=5))
+            await ensure_progress_stream(nc.jetstream(timeout=5), replicas=min(3, self.room.nodes))
         finally:
             await nc.close()
 
+    def revive(self) -> list[str]:
+        """Start again every node of a cluster room that exited by itself (at most ``MAX_REVIVALS`` times each).
+
+        Returns:
+            The names of the nodes restarted now.
+
+        Raises:
+            WorkshopError: a node could not be started again (its log says why).
+        """
+        if self.cluster is None:
+            return []
+        restarted = []
+        for node in self.cluster.nodes:
+            if node.running or self.revived.get(node.name, 0) >= MAX_REVIVALS:
+                continue
+            self.revived[node.name] = self.revived.get(node.name, 0) + 1
+            try:
+                self.cluster.restart(node.name, wait=False)
+            except ServerError as err:
+                raise WorkshopError(f"The workshop node {node.name} exited and did not start again.\n{err}") from None
+            restarted.append(node.name)
+        return restarted
+
     @property
     def running(self) -> bool:
+        """Whether the server runs (a cluster: at least one node)."""
+        if self.cluster is not None:
+            return bool(self.cluster.running())
         return self.server is not None and self.server.running
 
     @property
     def version(self) -> str | None:
         """The running nats-server's version."""
+        if self.cluster is not None:
+            return self.cluster.version
         return self.server.version if self.server else None
 
     @property
+    def pids(self) -> list[int]:
+        """The running nats-servers' process ids (one per node)."""
+        servers = self.cluster.nodes if self.cluster is not None else [self.server] if self.server else []
+        return [server.pid for server in servers if server.pid is not None and server.running]
+
+    @property
     def pid(self) -> int | None:
-        return self.server.pid if self.server else None
+        return next(iter(self.pids), None)
+
+    @property
+    def log_paths(self) -> list[Path]:
+        """Each node's log (one for a single server)."""
+        servers = self.cluster.nodes if self.cluster is not None else [self.server] if self.server else []
+        return [server.log_path for server in servers]
 
     @property
     def log_path(self) -> Path | None:
-        return self.server.log_path if self.server else None
+        return next(iter(self.log_paths), None)
+
+    def node_log(self, name: str) -> Path | None:
+        """The log of the cluster node called ``name``."""
+        return self.cluster.node(name).log_path if self.cluster is not None else self.log_path
 
     def stop(self) -> None:
         server, self.server = self.server, None
+        cluster, self.cluster = self.cluster, None
         if server is not None:
             server.stop()
+        if cluster is not None:
+            cluster.stop()
 
     async def __aenter__(self) -> WorkshopServer:
-        self.start()
+        await asyncio.to_thread(self.start)  # a cluster elects its leaders meanwhile: keep the loop free
         try:
             await self.prepare()
         except BaseException:
@@ -167,7 +241,7 @@ class WorkshopServer:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        await asyncio.to_thread(self.stop)
 
 
 def free_port() -> int:
@@ -187,12 +261,17 @@ class LocalRoom:
         learners: how many learner accounts.
         limits: each learner account's limits.
         binary: the nats-server to run.
+        nodes: 1 server, or a cluster of ``nodes`` (its ports are restartable: a test may
+            crash a node and start it again).
     """
 
-    def __init__(self, learners: int = 3, *, limits: Limits | None = None, binary: str | Path | None = None) -> None:
+    def __init__(
+        self, learners: int = 3, *, limits: Limits | None = None, binary: str | Path | None = None, nodes: int = 1
+    ) -> None:
         self.learners = learners
         self.limits = limits
         self.binary = binary
+        self.nodes = nodes
         self.folder: Path | None = None
         self.server: WorkshopServer | None = None
 
@@ -226,12 +305,19 @@ class LocalRoom:
     async def __aenter__(self) -> LocalRoom:
         self.folder = Path(tempfile.mkdtemp(prefix="buslib-workshop-"))
         try:
+            if self.nodes > 1:  # consecutive ports: node i uses port + i, and so on
+                first = restartable_port_block(3 * self.nodes)
+                port, monitor_port, cluster_port = first, first + self.nodes, first + 2 * self.nodes
+            else:
+                port, monitor_port, cluster_port = free_port(), free_port(), DEFAULT_CLUSTER_PORT
             create_room(
                 self.folder / "room",
                 learners=self.learners,
-                port=free_port(),
-                monitor_port=free_port(),
                 limits=self.limits,
+                nodes=self.nodes,
+                port=port,
+                monitor_port=monitor_port,
+                cluster_port=cluster_port,
             )
             self.server = await WorkshopServer(self.folder / "room", binary=self.binary).__aenter__()
         except BaseException:
@@ -244,7 +330,7 @@ class LocalRoom:
     ) -> None:
         server, self.server = self.server, None
         if server is not None:
-            server.stop()
+            await asyncio.to_thread(server.stop)
         if self.folder is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.folder)
@@ -253,4 +339,5 @@ class LocalRoom:
     def __repr__(self) -> str:
         if self.server is None:
             return "<LocalRoom stopped>"
-        return f"<LocalRoom workshop {self.room.id}: {self.learners} learners on 127.0.0.1:{self.room.port}>"
+        nodes = f" ({self.nodes} nodes from there)" if self.nodes > 1 else ""
+        return f"<LocalRoom workshop {self.room.id}: {self.learners} learners on 127.0.0.1:{self.room.port}{nodes}>"

@@ -18,7 +18,15 @@ import ipywidgets as widgets
 
 from buslib.connection import connect
 from buslib.teaching._html import STYLE, bundle_with_html, table_html
-from buslib.workshop.board import BoardState, BoardView, ago, format_board, marks_by_exercise, server_stats
+from buslib.workshop.board import (
+    BoardState,
+    BoardView,
+    ago,
+    format_board,
+    marks_by_exercise,
+    server_stats,
+    servers_label,
+)
 from buslib.workshop.config import Learner
 from buslib.workshop.progress import ProgressReader, connect_instructor, ensure_progress_stream
 
@@ -137,9 +145,8 @@ class BoardWidget(widgets.VBox):
     async def _ensure_reader(self) -> ProgressReader:
         if self._nc is None or self._nc.is_closed:
             self._nc = await connect_instructor(self.url, name="buslib-workshop-board", tls=self.tls)
-            js = self._nc.jetstream(timeout=5)
-            await ensure_progress_stream(js)  # a room served by docker compose: nobody made it yet
-            self._reader = await ProgressReader(js).start()
+            await ensure_progress_stream(self._nc.jetstream(timeout=5))  # a room served by docker compose
+            self._reader = await ProgressReader(self._nc).start()
         if self.sys_url and (self._sys is None or self._sys.is_closed):
             self._sys = await connect(
                 self.sys_url, name="buslib-workshop-board-stats", instructor=True, require_jetstream=False, tls=self.tls
@@ -158,7 +165,8 @@ class BoardWidget(widgets.VBox):
         parts.append(f"{started} of {len(view.learners)} learners started, {view.records} checks recorded")
         if view.server:
             s = view.server
-            parts.append(f" &nbsp; server CPU {s.cpu:.0f}%, {s.mem / 1024**2:.0f} MiB, {s.connections} connections")
+            where = servers_label(s).lower()
+            parts.append(f" &nbsp; {where}: CPU {s.cpu:.0f}%, {s.mem / 1024**2:.0f} MiB, {s.connections} connections")
         if self.error:
             parts.append(f'<div style="color:#c62828">{html.escape(self.error)}</div>')
         if view.stuck:
