@@ -15,6 +15,7 @@ from buslib.exercises.checks import (
     subject_matches,
 )
 from buslib.exercises.core import Context, Fail
+from buslib.teaching.helpers import wait_for_stream
 
 
 @pytest.fixture
@@ -30,6 +31,17 @@ async def stream(js, unique):
     await js.add_stream(name=name, subjects=[f"chk{unique}.>"], storage=StorageType.FILE, max_msgs=5)
     yield name, f"chk{unique}"
     await delete_streams(js, name)
+
+
+async def test_wait_for_stream_returns_once_the_stream_answers_and_stores_nothing(js, stream):
+    name, prefix = stream
+    await wait_for_stream(js, f"{prefix}.x")
+    assert (await js.stream_info(name)).state.messages == 0
+
+
+async def test_wait_for_stream_says_which_subject_no_stream_answers(js, unique):
+    with pytest.raises(TimeoutError, match=rf"a stream answering publishes to nostream{unique}\.x"):
+        await wait_for_stream(js, f"nostream{unique}.x", timeout=0.5)
 
 
 def test_subject_matches_wildcards():

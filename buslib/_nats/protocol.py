@@ -64,6 +64,7 @@ class ErrorCode(IntEnum):
     MESSAGE_TOO_LARGE = 10054  # over the stream's max_msg_size
     STREAM_NAME_IN_USE = 10058  # a stream of that name exists with another configuration
     STREAM_NOT_FOUND = 10059
+    STREAM_MISMATCH = 10060  # Nats-Expected-Stream names another stream (nothing is stored)
     SUBJECTS_OVERLAP = 10065  # the subjects overlap those of an existing stream
     STREAM_WRONG_LAST_MSG_ID = 10070  # Nats-Expected-Last-Msg-Id did not match
     STREAM_WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-(Subject-)Sequence did not match

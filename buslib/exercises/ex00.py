@@ -13,6 +13,7 @@ from nats.js.api import PubAck
 
 from buslib.exercises.checks import MessageAt, delete_streams
 from buslib.exercises.core import Check, Checks, Context, Fail, IsInstance, Question, Satisfies, ____
+from buslib.teaching.helpers import wait_for_stream
 
 __all__ = ["____", "q1", "q2", "QUESTIONS", "reset", "HELLO_STREAM", "HELLO_SUBJECT"]
 
@@ -24,6 +25,7 @@ async def reset(js: Any) -> None:
     """Start over: recreate this exercise's stream, empty."""
     await delete_streams(js, HELLO_STREAM)
     await js.add_stream(name=HELLO_STREAM, subjects=[HELLO_SUBJECT])
+    await wait_for_stream(js, HELLO_SUBJECT)  # on a cluster: until this node knows the stream
 
 
 def _version_forms(version: Any) -> tuple[str, set[str]]:

@@ -21,6 +21,7 @@ from buslib.events import Event
 from buslib.exercises.checks import _stream_info, delete_streams
 from buslib.exercises.core import Check, Checks, Context, Fail, IsInstance, Question, ____, wait_until
 from buslib.subjects import durable_name, subject_matches
+from buslib.teaching.helpers import wait_for_stream
 
 __all__ = [
     "____",
@@ -113,6 +114,7 @@ async def reset(js: Any) -> None:
     """
     await delete_streams(js, PAYMENTS_STREAM, AUDIT_STREAM, EVENTS_STREAM)
     await js.add_stream(StreamConfig(name=EVENTS_STREAM, subjects=["ex07.events.>"]))
+    await wait_for_stream(js, ShipmentUpdated.subject())  # on a cluster: until this node knows the stream
     for i in range(30):
         await js.publish(ShipmentUpdated.subject(), ShipmentUpdated(shipment_id=i).to_json())
     for group, acked, held in (("billing", 10, 12), ("shipping", 15, 0), ("analytics", 27, 0)):

@@ -27,7 +27,11 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-__all__ = ["expect_error", "stored_ids", "timed", "wait_until"]
+from nats.js.errors import APIError, NoStreamResponseError
+
+from buslib._nats.protocol import ErrorCode
+
+__all__ = ["expect_error", "stored_ids", "timed", "wait_for_stream", "wait_until"]
 
 
 class expect_error:  # noqa: N801 - used like a function: `with expect_error(X) as caught:`
@@ -195,3 +199,26 @@ async def stored_ids(js: Any, stream: str, *, batch: int = 1000, timeout: float 
 def _unavailable(err: Exception) -> bool:
     # nats.js.errors.ServiceUnavailableError (a 503), which nats-py raises with code None for a pull
     return getattr(err, "code", None) == 503 or type(err).__name__ == "ServiceUnavailableError"
+
+
+async def wait_for_stream(js: Any, subject: str, *, timeout: float = 10.0) -> None:
+    """Wait until a publish to ``subject`` from this connection reaches its stream.
+
+    On a cluster a new stream's subjects reach the other nodes over the routes a moment after
+    ``add_stream`` returns: a publish sent at once, through another node, can get "no response
+    from stream". The probe names another stream (``Nats-Expected-Stream``), so the stream
+    answers with an error and stores nothing.
+    """
+
+    async def answered() -> bool:
+        try:
+            await js.publish(subject, b"", stream="buslib-probe-not-a-stream", timeout=min(timeout, 2.0))
+        except NoStreamResponseError:
+            return False
+        except APIError as err:
+            if err.err_code == ErrorCode.STREAM_MISMATCH:
+                return True
+            raise
+        raise RuntimeError(f"a stream named buslib-probe-not-a-stream stored the probe sent to {subject}")
+
+    await wait_until(answered, timeout=timeout, what=f"a stream answering publishes to {subject}")
