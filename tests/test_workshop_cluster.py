@@ -32,6 +32,8 @@ from buslib._nats.info import server_name
 from buslib.cli import main as cli
 from buslib.errors import CredentialsError, WorkshopError
 from buslib.exercises import ex00
+from buslib.exercises.feedback import Outcome, Status
+from buslib.exercises.recording import record_outcome
 from buslib.server import ClusterNode, find_server_binary, pid_alive
 from buslib.server.ports import restartable_port
 from buslib.workshop import Room, WorkshopServer, create_room, instructor_urls, read_progress, read_roster
@@ -149,6 +151,25 @@ def cluster_room(tmp_path_factory) -> Iterator[dict[str, Any]]:
 def _first(url: str, port: int) -> str:
     """The comma-separated ``url`` with the node on ``port`` first (with ``dont_randomize``: connect there)."""
     return ",".join(sorted(url.split(","), key=lambda entry: not entry.endswith(f":{port}")))
+
+
+async def test_a_check_recorded_the_moment_the_room_is_ready_reaches_the_board_through_any_node(tmp_path):
+    """A record is a plain publish: serve is ready only once every node routes it to PROGRESS's leader."""
+    folder = tmp_path / "room"
+    create_room(folder, learners=2, nodes=3, **room_ports(3))
+    async with WorkshopServer(folder) as server:
+        assert server.cluster is not None
+        found, wanted = urls(folder), set()
+        for node in server.cluster.nodes:  # at once, one learner connection on each node
+            nc = await buslib.connect(_first(found["L01"], node.port), dont_randomize=True)
+            assert nc.connected_url.port == node.port
+            outcome = Outcome("00", f"via-{node.name[-2:]}", "a record", Status.INCORRECT, "sent through this node")
+            assert await record_outcome(nc, outcome, seconds=0.01)
+            await nc.close()
+            wanted.add(("L01", f"00/via-{node.name[-2:]}", "incorrect"))
+        assert {(r.account, r.key, r.status) for r in await _records(found["INSTRUCTOR"], wanted=wanted)} == wanted
+        assert not any("did not yet route" in warning for warning in server.warnings)
+        assert len(server._nodes_without_record_routes({"L01", "L99"})) == 2  # what it waited for can be missing
 
 
 async def test_every_node_serves_the_room_under_its_own_name_and_progress_has_three_copies(cluster_room):

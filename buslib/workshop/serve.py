@@ -35,9 +35,10 @@ from types import TracebackType
 
 from buslib.connection import INSTRUCTOR_ACCOUNT
 from buslib.errors import ServerError, WorkshopError
+from buslib.exercises.recording import PROGRESS_SUBJECT
 from buslib.server import EmbeddedCluster, EmbeddedServer
 from buslib.server.ports import restartable_port_block
-from buslib.workshop.config import DEFAULT_CLUSTER_PORT, Limits, Room
+from buslib.workshop.config import DEFAULT_CLUSTER_PORT, PROGRESS_STREAM, Limits, Room
 from buslib.workshop.progress import connect_instructor, ensure_progress_stream
 from buslib.workshop.room import create_room, instructor_urls, read_roster, resize_room, write_room_files
 
@@ -159,6 +160,48 @@ class WorkshopServer:
             await ensure_progress_stream(nc.jetstream(timeout=5), replicas=min(3, self.room.nodes))
         finally:
             await nc.close()
+        if self.cluster is not None:
+            await self._wait_until_records_route()
+
+    async def _wait_until_records_route(self, timeout: float = 15.0) -> None:
+        """Wait until every node knows where a learner's records go (bounded; a warning if not).
+
+        A record is a plain publish: a node that has not yet heard, over the routes, that the
+        node leading PROGRESS takes ``buslib.progress`` of every learner account drops it. Right
+        after the room starts (and more so on a busy machine) that takes a moment.
+        """
+        learners = {learner.account for learner in self.room.learners}
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (missing := await asyncio.to_thread(self._nodes_without_record_routes, learners)) and (
+            asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        if missing:
+            self.warnings.append(
+                f"After {timeout:g} s, node(s) {', '.join(missing)} did not yet route the learners' records to "
+                "the PROGRESS stream: checks made there may be missing from the board for a while."
+            )
+
+    def _nodes_without_record_routes(self, learners: set[str]) -> list[str]:
+        """The running nodes, other than PROGRESS's leader, that lack the leader's interest in some learner's records."""
+        assert self.cluster is not None
+        leader = self.cluster.leader_of(PROGRESS_STREAM)
+        if leader is None:
+            return ["(PROGRESS has no leader yet)"]
+        missing = []
+        for node in self.cluster.nodes:
+            if node.name == leader or not node.running:
+                continue
+            _, body = node.monitor("/routez?subs=detail")
+            heard = {  # a route subscription's sid reads "R <ACCOUNT> <subject>"
+                detail.get("sid", "").split(" ")[1]
+                for route in (body or {}).get("routes") or []
+                for detail in route.get("subscriptions_list_detail") or []
+                if detail.get("subject") == PROGRESS_SUBJECT and detail.get("sid", "").startswith("R ")
+            }
+            if not learners <= heard:
+                missing.append(node.name)
+        return missing
 
     def revive(self) -> list[str]:
         """Start again every node of a cluster room that exited by itself (at most ``MAX_REVIVALS`` times each).
