@@ -24,6 +24,7 @@ from buslib import EmbeddedCluster, EventBus, ServerError
 from buslib.server import cluster as cluster_module
 from buslib.server import pid_alive
 from buslib.server.ports import automatic_port_range
+from buslib.teaching.helpers import wait_for_stream
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +70,7 @@ async def test_three_nodes_are_ready_with_a_meta_leader_and_stop_leaves_nothing_
 async def test_a_crashed_leader_is_replaced_and_comes_back_on_its_ports_caught_up():
     async with EmbeddedCluster() as cluster, EventBus.connect(service="t", url=cluster.urls) as bus:
         await bus.ensure_stream("crash.placed", replicas=3)
+        await wait_for_stream(bus.js, "crash.placed")  # raw publishes follow: until this node knows the stream
         for _ in range(50):
             await bus.js.publish("crash.placed", b"x")
         old = await cluster.wait_for_leader("CRASH")
@@ -176,6 +178,7 @@ async def test_a_persistent_cluster_keeps_its_streams_across_a_full_restart(tmp_
         nc = await buslib.connect(cluster.urls)
         js = nc.jetstream()
         await js.add_stream(name="KEPT", subjects=["kept.>"], num_replicas=3)
+        await wait_for_stream(js, "kept.x")
         for _ in range(10):
             await js.publish("kept.x", b"x")
         await nc.close()
@@ -240,6 +243,9 @@ def test_every_place_that_takes_a_url_takes_the_clusters_comma_separated_nats_ur
             await nc.close()
             async with EventBus.connect(service="everywhere") as bus:
                 await bus.ensure_stream("everywhere.placed", replicas=3)
+                await wait_for_stream(
+                    bus.js, "everywhere.placed"
+                )  # nats-py's publish, unlike the bus's, does not retry
                 return (await bus.js.publish("everywhere.placed", b"x")).seq
 
         assert asyncio.run(use_it()) == 1

@@ -1488,10 +1488,14 @@ async def only_one_node_down(learner):
     await run(
         learner,
         """
-        # a follower the bus is not connected to: no election, no reconnect, so the publish is not late
-        here = bus.nc.connected_url.port
-        follower = next(n for n in cluster.names if n != cluster.leader_of(STREAM) and cluster.node(n).port != here)
-        down = cluster.crash(follower)
+        # a node that neither leads the stream (an election), nor the meta layer (the new bus's stream
+        # lookup), nor holds the bus's connection (a reconnect): the publish cannot be late
+        here = next(n for n in cluster.names if cluster.node(n).port == bus.nc.connected_url.port)
+        busy = {cluster.leader_of(STREAM), here, cluster.meta_leader()}
+        if busy == set(cluster.names):
+            await cluster.move_leader(STREAM, here)
+            busy = {here, cluster.meta_leader()}
+        down = cluster.crash(next(n for n in cluster.names if n not in busy))
         impatient = EventBus(bus.nc, service="ex06", publish_deadline=2.0)
         error = None
         try:
