@@ -17,7 +17,6 @@ leader's view of each follower (``lag`` counts raft entries behind the leader, n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import html
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from buslib.server import EmbeddedCluster
-from buslib.teaching._html import STYLE, bundle_with_html, table_html, text_table
+from buslib.teaching._html import STYLE, LiveView, table_html, text_table
 
 __all__ = ["ClusterPanel", "cluster_panel", "cluster_snapshot"]
 
@@ -80,7 +79,7 @@ def cluster_snapshot(cluster: EmbeddedCluster, streams: str | None = None) -> di
     return {"nodes": nodes, "meta_leader": meta, "streams": dict(sorted(found.items())), "updated": time.time()}
 
 
-class ClusterPanel(widgets.VBox):
+class ClusterPanel(LiveView):
     """A live view of an :class:`~buslib.server.EmbeddedCluster`: nodes, leaders, each node's copy.
 
     Create it with ``cluster_panel(cluster)``. ``await panel.refresh()`` updates it now; once
@@ -100,9 +99,7 @@ class ClusterPanel(widgets.VBox):
         self.pattern = streams
         self.data: dict[str, Any] = {}
         self.error: str | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._view_count = 0  # the frontend counts its views: stop polling once none is left
-        self.observe(self._on_view_count, names="_view_count")
+        self._go_live()
         self._render()
 
     async def refresh(self) -> dict[str, Any]:
@@ -114,24 +111,6 @@ class ClusterPanel(widgets.VBox):
             self.error = f"{type(err).__name__}: {err}"
         self._render()
         return self.data
-
-    def start(self) -> None:
-        """Refresh every ``refresh`` seconds in the background (done on display)."""
-        if not self.interval or (self._task is not None and not self._task.done()):
-            return
-        with contextlib.suppress(RuntimeError):  # no running loop (a plain script): refresh() by hand
-            self._task = asyncio.get_running_loop().create_task(self._auto_refresh())
-
-    def stop(self) -> None:
-        """Stop the background refresh; the panel keeps its last view."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    def close(self) -> None:
-        self.stop()
-        self._html.close()
-        super().close()
 
     @property
     def text(self) -> str:
@@ -146,25 +125,6 @@ class ClusterPanel(widgets.VBox):
             for consumer, leader in entry["consumers"].items():
                 lines.append(f"consumer {stream}/{consumer}: leader {leader or '(election)'}")
         return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        self.start()
-        return bundle_with_html(self, self.text, self._html.value, **kwargs)
-
-    # -- internals --------------------------------------------------------------------
-    def _on_view_count(self, change: dict[str, Any]) -> None:
-        if (change["new"] or 0) > 0:
-            self.start()
-        elif (change["old"] or 0) > 0:
-            self.stop()
-
-    async def _auto_refresh(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval or 1.0)
 
     def _node_words(self, name: str) -> str:
         node = self.data["nodes"][name]

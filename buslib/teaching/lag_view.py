@@ -16,7 +16,6 @@ a lesson to assert on; ``await view.refresh()`` polls at a moment the code decid
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import time
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from buslib.bus.lag import AlertHook, GroupLag, LagAlert, LagWatcher
-from buslib.teaching._html import STYLE, bundle_with_html, text_table
+from buslib.teaching._html import STYLE, LiveView, text_table
 
 __all__ = ["LagView", "lag_view"]
 
@@ -33,7 +32,7 @@ KEEP = 120  # points of history per group (two minutes at the default refresh)
 _CELL = "padding: 2px 10px; border-bottom: 1px solid #ddd;"
 
 
-class LagView(widgets.VBox):
+class LagView(LiveView):
     """A live table of groups' lag with a trend line each, fed by a :class:`LagWatcher`.
 
     Create it with ``lag_view(...)``. Once displayed it refreshes itself every ``refresh``
@@ -69,10 +68,8 @@ class LagView(widgets.VBox):
         self.latest: dict[str, GroupLag] = {}
         self.error: str | None = None
         self.updated: float | None = None
-        self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
-        self._view_count = 0  # the frontend counts its views: a cleared output stops the polling
-        self.observe(self._on_view_count, names="_view_count")
+        self._go_live()
         self._render()
 
     @property
@@ -105,30 +102,6 @@ class LagView(widgets.VBox):
             self._render()
             return found
 
-    def start(self) -> None:
-        """Refresh every ``refresh`` seconds in the background (done when displayed)."""
-        if not self.interval or (self._task is not None and not self._task.done()):
-            return
-        with contextlib.suppress(RuntimeError):  # no running loop (a plain script): refresh() by hand
-            self._task = asyncio.get_running_loop().create_task(self._auto_refresh())
-
-    def stop(self) -> None:
-        """Stop the background refresh; the view keeps its last data."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    def close(self) -> None:
-        """Stop refreshing and close the widget."""
-        self.stop()
-        self._html.close()
-        super().close()
-
-    @property
-    def running(self) -> bool:
-        """Whether the background refresh is active."""
-        return self._task is not None and not self._task.done()
-
     @property
     def text(self) -> str:
         """The view as plain text (for frontends without widgets)."""
@@ -141,26 +114,6 @@ class LagView(widgets.VBox):
             return head + ": nothing polled yet" + (f" ({self.error})" if self.error else "")
         table = text_table(["group", "behind", "pending", "unacked", "redelivered", "state"], rows)
         return head + "\n" + table + (f"\n({self.error})" if self.error else "")
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        self.start()  # displayed: keep it live
-        return bundle_with_html(self, self.text, self._html.value, **kwargs)
-
-    # -- internals --------------------------------------------------------------------
-    def _on_view_count(self, change: dict[str, Any]) -> None:
-        old, new = change["old"] or 0, change["new"] or 0
-        if new > 0:
-            self.start()
-        elif old > 0:
-            self.stop()
-
-    async def _auto_refresh(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval or 1.0)
 
     def _state(self, group: str) -> str:
         return "LAGGING" if group in self.watcher.lagging else "ok"

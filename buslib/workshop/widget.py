@@ -17,7 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from buslib.connection import connect
-from buslib.teaching._html import STYLE, bundle_with_html, table_html
+from buslib.teaching._html import STYLE, LiveView, table_html
 from buslib.workshop.board import (
     BoardState,
     BoardView,
@@ -35,7 +35,7 @@ __all__ = ["BoardWidget", "board_widget"]
 _COLOUR = {"correct": "#2e7d32", "incorrect": "#c62828", "error": "#ef6c00", "not attempted": "#757575"}
 
 
-class BoardWidget(widgets.VBox):
+class BoardWidget(LiveView):
     """A live board of a workshop room: who is where, who is stuck, which question fails most.
 
     It reads the room's PROGRESS stream as the instructor (records arrive as learners
@@ -67,11 +67,8 @@ class BoardWidget(widgets.VBox):
         self._nc: Any = None
         self._sys: Any = None
         self._reader: ProgressReader | None = None
-        self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
-        # The frontend counts its views: a board whose output was cleared stops polling.
-        self._view_count = 0
-        self.observe(self._on_view_count, names="_view_count")
+        self._go_live()
         self._render()
 
     async def refresh(self) -> BoardView | None:
@@ -92,18 +89,6 @@ class BoardWidget(widgets.VBox):
             self._render()
             return self.view
 
-    def start(self) -> None:
-        """Refresh every ``refresh`` seconds in the background (done when displayed)."""
-        if not self.interval or (self._task is not None and not self._task.done()):
-            return
-        with contextlib.suppress(RuntimeError):  # no running loop: refresh() by hand
-            self._task = asyncio.get_running_loop().create_task(self._auto_refresh())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
     async def aclose(self) -> None:
         """Stop refreshing and close the board's connections and the widget."""
         self.stop()
@@ -115,32 +100,13 @@ class BoardWidget(widgets.VBox):
                 with contextlib.suppress(Exception):
                     await nc.close()
         self._nc = self._sys = None
-        self._html.close()
-        super().close()
+        self.close()
 
     @property
     def text(self) -> str:
         if self.view is None:
             return "Workshop board: " + (self.error or "waiting for the first refresh")
         return format_board(self.view) + (f"\n({self.error})" if self.error else "")
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        self.start()
-        return bundle_with_html(self, self.text, self._html.value, **kwargs)
-
-    def _on_view_count(self, change: dict[str, Any]) -> None:
-        if (change["new"] or 0) > 0:
-            self.start()
-        elif (change["old"] or 0) > 0:  # was on screen, is not anymore
-            self.stop()
-
-    async def _auto_refresh(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval or 2.0)
 
     async def _ensure_reader(self) -> ProgressReader:
         if self._nc is None or self._nc.is_closed:
