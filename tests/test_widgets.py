@@ -228,6 +228,7 @@ async def test_cluster_panel_shows_nodes_leaders_and_each_nodes_copy_through_a_c
     from buslib import EmbeddedCluster
     from buslib.connection import connect
     from buslib.teaching import ClusterPanel, cluster_panel
+    from buslib.teaching.helpers import wait_for_stream
 
     async with EmbeddedCluster() as cluster:
         nc = await connect(cluster.urls)
@@ -235,6 +236,8 @@ async def test_cluster_panel_shows_nodes_leaders_and_each_nodes_copy_through_a_c
         await js.add_stream(name="PANEL", subjects=["panel.>"], num_replicas=3)
         await js.add_stream(name="ALONE", subjects=["alone.>"], num_replicas=1)
         await js.add_consumer("PANEL", durable_name="billing")
+        await wait_for_stream(js, "panel.x")  # a new stream answers through every node a moment later
+        await wait_for_stream(js, "alone.x")
         for _ in range(5):
             await js.publish("panel.x", b"x")
         await js.publish("alone.x", b"x")

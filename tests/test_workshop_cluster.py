@@ -36,6 +36,7 @@ from buslib.exercises.feedback import Outcome, Status
 from buslib.exercises.recording import record_outcome
 from buslib.server import ClusterNode, find_server_binary, pid_alive
 from buslib.server.ports import restartable_port
+from buslib.teaching.helpers import wait_for_stream
 from buslib.workshop import Room, WorkshopServer, create_room, instructor_urls, read_progress, read_roster
 from buslib.workshop.board import BoardState, server_stats
 from buslib.workshop.progress import ProgressReader, connect_instructor
@@ -302,6 +303,7 @@ async def test_a_learner_cannot_see_another_learners_streams_on_any_node(cluster
         assert (a.connected_url.port, b.connected_url.port) == (room.port + 2, room.port)  # different nodes
         jb, ja = b.jetstream(timeout=10), a.jetstream(timeout=10)
         await jb.add_stream(name="B_CLUSTER", subjects=["bcluster.>"])
+        await wait_for_stream(jb, "bcluster.x")  # a new stream answers through every node a moment later
         await jb.publish("bcluster.x", b"B's secret")
         assert "B_CLUSTER" not in {si.config.name for si in await ja.streams_info()}
         with pytest.raises(nats.js.errors.NotFoundError):
