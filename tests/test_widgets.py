@@ -232,7 +232,7 @@ async def test_cluster_panel_shows_nodes_leaders_and_each_nodes_copy_through_a_c
 
     async with EmbeddedCluster() as cluster:
         nc = await connect(cluster.urls)
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=15)  # a new R3 stream's first consumer waits for elections: under load > 5 s
         await js.add_stream(name="PANEL", subjects=["panel.>"], num_replicas=3)
         await js.add_stream(name="ALONE", subjects=["alone.>"], num_replicas=1)
         await js.add_consumer("PANEL", durable_name="billing")
