@@ -339,6 +339,25 @@ def _connect_error(url: str, problems: list[BaseException], info: dict[str, Any]
     )
 
 
+async def close_connection(nc: Client) -> None:
+    """Drain ``nc`` and close it for good, raising nothing: the server may be gone.
+
+    While the client reconnects a drain fails: then it closes. A reconnect attempt that fails
+    during nats-py's close() can set the status back to RECONNECTING, so it closes until it sticks.
+    """
+    if nc.is_closed:
+        return
+    try:
+        await nc.drain()
+    except Exception as err:  # reconnecting or lost: nothing left to drain
+        _LOG.debug("drain on close: %s", err)
+    for _ in range(3):
+        if nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
 async def _close_quietly(nc: Client) -> None:
     # Bounded: nats-py can wait forever for a socket whose TLS handshake failed (nats.py #718).
     with contextlib.suppress(Exception):

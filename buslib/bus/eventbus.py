@@ -37,8 +37,6 @@ How a member pulls (overlapping pull requests, a short look-ahead): :mod:`buslib
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,6 +58,7 @@ from buslib.bus.publisher import Publisher
 from buslib.bus.settlement import HANDLER_TIMEOUT, Handler
 from buslib.bus.streams import StreamDirectory
 from buslib.bus.subscription import Subscription
+from buslib.connection import close_connection
 from buslib.connection import connect as _connect
 from buslib.errors import BusError
 from buslib.events import Event
@@ -67,8 +66,6 @@ from buslib.retry import DeadLetterSink, Retry
 from buslib.subjects import check_group, durable_name
 
 __all__ = ["EventBus"]
-
-log = logging.getLogger("buslib")
 
 
 class EventBus:
@@ -186,13 +183,8 @@ class EventBus:
     async def close(self) -> None:
         """Stop every subscription (letting handlers finish), then drain the connection."""
         await asyncio.gather(*(sub.stop() for sub in list(self._subscriptions)), return_exceptions=True)
-        if self._owns_connection and not self.nc.is_closed:
-            try:
-                await self.nc.drain()
-            except Exception as err:  # reconnecting or lost: nothing left to drain, close what is there
-                log.debug("drain on close: %s", err)
-                with contextlib.suppress(Exception):
-                    await self.nc.close()
+        if self._owns_connection:
+            await close_connection(self.nc)
 
     # -- streams ----------------------------------------------------------------------
     async def ensure_stream(
