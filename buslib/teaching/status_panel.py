@@ -21,12 +21,12 @@ import ipywidgets as widgets
 
 from buslib._nats.info import jetstream_enabled, server_version
 from buslib.connection import connect, ensure_server
-from buslib.teaching._html import STYLE, bundle_with_html, table_html, text_table
+from buslib.teaching._html import STYLE, LiveView, table_html, text_table
 
 __all__ = ["StatusPanel", "status_panel"]
 
 
-class StatusPanel(widgets.VBox):
+class StatusPanel(LiveView):
     """A live view of one NATS server: URL, version, JetStream, streams with messages and consumers.
 
     Create it with ``status_panel()``. It keeps its own connection (opened on the first
@@ -68,12 +68,8 @@ class StatusPanel(widgets.VBox):
             "updated": None,
         }
         self._nc: Any = None
-        self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
-        # Let the frontend count its views, so a panel whose output was cleared (cell re-run,
-        # notebook closed) stops polling instead of running on unseen.
-        self._view_count = 0
-        self.observe(self._on_view_count, names="_view_count")
+        self._go_live()
         self._render()
 
     # -- public -----------------------------------------------------------------------
@@ -101,22 +97,6 @@ class StatusPanel(widgets.VBox):
             self._render()
             return self.data
 
-    def start(self) -> None:
-        """Start refreshing every ``refresh`` seconds in the background (done on display)."""
-        if not self.interval or (self._task is not None and not self._task.done()):
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no event loop (a plain script): refresh() by hand instead
-        self._task = loop.create_task(self._auto_refresh())
-
-    def stop(self) -> None:
-        """Stop the background refresh; the panel stays on screen with its last data."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
     async def aclose(self) -> None:
         """Stop refreshing, close the panel's connection and the widget."""
         self.stop()
@@ -135,11 +115,6 @@ class StatusPanel(widgets.VBox):
         super().close()
 
     @property
-    def running(self) -> bool:
-        """Whether the background refresh is active."""
-        return self._task is not None and not self._task.done()
-
-    @property
     def text(self) -> str:
         """The panel as plain text (for frontends without widgets)."""
         d = self.data
@@ -156,20 +131,10 @@ class StatusPanel(widgets.VBox):
             lines.append("no streams" + (f" matching {self.pattern!r}" if self.pattern else ""))
         return "\n".join(lines)
 
-    def __repr__(self) -> str:
-        return self.text
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        self.start()  # displayed: keep it live
-        return bundle_with_html(self, self.text, self._html.value, **kwargs)
-
     # -- internals --------------------------------------------------------------------
     def _on_view_count(self, change: dict[str, Any]) -> None:
-        old, new = change["old"] or 0, change["new"] or 0
-        if new > 0:
-            self.start()
-        elif old > 0:  # was on screen, is not anymore (no frontend at all never gets here)
-            self.stop()
+        super()._on_view_count(change)
+        if not change["new"] and change["old"]:  # off screen: its connection goes too
             self._drop_connection()
 
     def _drop_connection(self) -> None:
@@ -177,11 +142,6 @@ class StatusPanel(widgets.VBox):
         if nc is not None:
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
                 asyncio.get_running_loop().create_task(_close_quietly(nc))
-
-    async def _auto_refresh(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval or 2.0)
 
     async def _connection(self) -> Any:
         if self._nc is None or self._nc.is_closed:
