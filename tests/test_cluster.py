@@ -81,6 +81,9 @@ async def test_a_crashed_leader_is_replaced_and_comes_back_on_its_ports_caught_u
         assert old not in cluster.running() and cluster.node(old).down_since is not None
         new = await cluster.wait_for_leader("CRASH", other_than=old)
         assert new != old
+        # Only the leader listens on the stream's subjects: its interest reaches this node over the
+        # routes a moment after it leads, and a raw publish sent before that has no responder.
+        await wait_for_stream(bus.js, "crash.placed")
         await bus.js.publish("crash.placed", b"while one node is down")  # a quorum (2 of 3) remains
         cluster.restart(old, wait=False)
         await cluster.ready()  # healthy: it found the meta leader, its copies are current
