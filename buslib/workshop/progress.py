@@ -150,12 +150,18 @@ async def ensure_progress_stream(js: Any, *, replicas: int | None = None) -> Non
         except nats.js.errors.NotFoundError:
             replicas = 1
     config = progress_stream_config(replicas=replicas)
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError as err:
-        if err.err_code != 10058:  # exists with another configuration
-            raise
-        await js.update_stream(config)
+    for attempt in (1, 2, 3):  # a fresh cluster's first R3 stream waits for elections: seen > 5 s on 2.11
+        try:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as err:
+                if err.err_code != 10058:  # exists with another configuration
+                    raise
+                await js.update_stream(config)
+            return
+        except nats.errors.TimeoutError:  # asking again is safe: the same config is accepted
+            if attempt == 3:
+                raise
 
 
 class ProgressReader:

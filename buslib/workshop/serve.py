@@ -33,8 +33,6 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-import nats.errors
-
 from buslib.connection import INSTRUCTOR_ACCOUNT
 from buslib.errors import ServerError, WorkshopError
 from buslib.exercises.recording import PROGRESS_SUBJECT
@@ -159,13 +157,7 @@ class WorkshopServer:
         url, _ = instructor_urls(self.folder)
         nc = await connect_instructor(url, name="buslib-workshop-serve", tls=instructor_tls(self.folder))
         try:
-            for attempt in (1, 2, 3):  # a fresh cluster's first R3 stream waits for elections: seen > 5 s on 2.11
-                try:
-                    await ensure_progress_stream(nc.jetstream(timeout=10), replicas=min(3, self.room.nodes))
-                    break
-                except nats.errors.TimeoutError:  # asking again is safe: the same config is accepted
-                    if attempt == 3:
-                        raise
+            await ensure_progress_stream(nc.jetstream(timeout=10), replicas=min(3, self.room.nodes))
         finally:
             await nc.close()
         if self.cluster is not None:
