@@ -222,7 +222,7 @@ async def test_a_persistent_cluster_keeps_its_streams_across_a_full_restart(tmp_
 
         async def kept_messages() -> int | None:
             # Just after a full restart the leadership can still move; a request that arrives
-            # while no node leads is never answered (seen on 2.11), so it is asked again.
+            # while the leadership moves can go unanswered (seen once on 2.11), so it is asked again.
             try:
                 return (await js.stream_info("KEPT")).state.messages
             except nats.errors.TimeoutError:
