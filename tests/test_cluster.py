@@ -24,7 +24,7 @@ import buslib
 from buslib import EmbeddedCluster, EventBus, ServerError
 from buslib.server import cluster as cluster_module
 from buslib.server import pid_alive
-from buslib.server.ports import automatic_port_range
+from buslib.server.ports import automatic_port_range, restartable_ports
 from buslib.teaching.helpers import wait_for_stream
 
 pytestmark = pytest.mark.slow
@@ -252,7 +252,9 @@ async def test_a_node_that_cannot_bind_its_route_port_is_explained(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cluster = EmbeddedCluster(cluster_ports=[port, port + 1, port + 2], store_root=tmp_path)
+        # The other two nodes' route ports: free ones no program is handed unasked (not port+1, port+2:
+        # another program may hold those, and then the cluster rightly names that port instead).
+        cluster = EmbeddedCluster(cluster_ports=[port, *restartable_ports(2)], store_root=tmp_path)
         with pytest.raises(ServerError, match=f"cluster route port {port} is already taken"):
             cluster.start()
     assert cluster.nodes == []
