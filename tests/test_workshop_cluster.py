@@ -34,12 +34,12 @@ from buslib.errors import CredentialsError, WorkshopError
 from buslib.exercises import ex00
 from buslib.exercises.feedback import Outcome, Status
 from buslib.exercises.recording import record_outcome
-from buslib.server import ClusterNode, find_server_binary, pid_alive
+from buslib.server import ClusterNode, EmbeddedCluster, find_server_binary, pid_alive
 from buslib.server.ports import restartable_port
 from buslib.teaching.helpers import wait_for_stream
 from buslib.workshop import Room, WorkshopServer, create_room, instructor_urls, read_progress, read_roster
 from buslib.workshop.board import BoardState, server_stats
-from buslib.workshop.progress import ProgressReader, connect_instructor
+from buslib.workshop.progress import ProgressReader, connect_instructor, ensure_progress_stream
 from buslib.workshop.room import resize_room
 
 pytestmark = pytest.mark.slow
@@ -410,6 +410,38 @@ async def test_a_lost_node_keeps_the_records_and_the_learners_working(tmp_path):
             await instructor.close()
             pids = server.pids
     assert len(pids) == 3 and not any(pid_alive(pid) for pid in pids)  # stopped with the room, nothing left
+
+
+async def test_the_boards_reader_asks_again_while_progress_has_no_leader(tmp_path):
+    """Only a stream's leader answers its info; with 2 of 3 nodes down PROGRESS has none, and nobody answers.
+
+    The reader keeps asking (a board opened during an election, a fresh room under load) until
+    its ``timeout``, and starts as soon as the nodes are back.
+    """
+    with EmbeddedCluster(store_root=tmp_path) as cluster:
+        nc = await raw_connect(cluster.url)
+        try:
+            await ensure_progress_stream(nc.jetstream(timeout=10), replicas=3)
+            leader = await cluster.wait_for_leader("PROGRESS")
+            kept = next(name for name in cluster.names if name != leader)  # a follower: it cannot lead alone
+            follower = next(name for name in cluster.names if name not in (leader, kept))
+            others = [follower, leader]
+            for name in others:  # killed, the follower first: no leadership is handed over on the way
+                cluster.crash(name)
+            await nc.close()
+            nc = await raw_connect(cluster.node(kept).url)
+            with pytest.raises(nats.errors.TimeoutError):  # bounded: a room that stays down is reported
+                await ProgressReader(nc, timeout=1).start(timeout=2)
+
+            starting = asyncio.create_task(ProgressReader(nc, timeout=1).start(timeout=60))
+            await asyncio.sleep(1.5)  # its first request (1 s) goes unanswered: the nodes are still down
+            assert not starting.done()
+            for name in others:
+                cluster.restart(name, wait=False)
+            reader = await starting
+            assert await reader.catch_up(timeout=30) and await reader.read() == []
+        finally:
+            await nc.close()
 
 
 def test_serve_cluster_runs_the_room_on_three_nodes_and_stops_them(tmp_path, capsys):

@@ -185,19 +185,31 @@ class ProgressReader:
         self.last_seq = 0
         self.skipped = 0  # messages that were not records (garbage a learner published)
 
-    async def start(self) -> ProgressReader:
+    async def start(self, *, timeout: float = 10.0) -> ProgressReader:
         """Make sure the stream answers direct gets (a room made by an older kit: switched on here).
+
+        Args:
+            timeout: seconds to keep asking for the stream's info. Only the stream's leader
+                answers it, and a cluster room's fresh stream may have none for a moment
+                (seen unanswered under load on 2.11), so an unanswered request is asked again.
 
         Raises:
             WorkshopError: the stream does not exist (nothing prepared it yet).
+            nats.errors.TimeoutError: no answer within ``timeout``.
         """
-        try:
-            info = await self._js.stream_info(PROGRESS_STREAM)
-        except nats.js.errors.NotFoundError:
-            raise WorkshopError(
-                "This workshop server has no PROGRESS stream, so no check has been recorded. `buslib workshop "
-                "serve` and the board create it; start the board before learners begin when the room runs in Docker."
-            ) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = await self._js.stream_info(PROGRESS_STREAM)
+                break
+            except nats.js.errors.NotFoundError:
+                raise WorkshopError(
+                    "This workshop server has no PROGRESS stream, so no check has been recorded. `buslib workshop "
+                    "serve` and the board create it; start the board before learners begin when the room runs in Docker."
+                ) from None
+            except nats.errors.TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
         if not info.config.allow_direct:
             info.config.allow_direct = True
             await self._js.update_stream(info.config)
@@ -281,11 +293,12 @@ async def read_progress(nc: Any, *, timeout: float = 10.0) -> list[Record]:
 
     Args:
         nc: a connection to the instructor's account (:func:`connect_instructor`).
+        timeout: seconds to wait for the stream to answer, and then again to read its records.
 
     Raises:
         WorkshopError: the stream does not exist (nothing prepared it yet).
     """
-    reader = await ProgressReader(nc).start()
+    reader = await ProgressReader(nc).start(timeout=timeout)
     await reader.catch_up(timeout=timeout)
     return await reader.read()
 
