@@ -74,6 +74,7 @@ from buslib._nats.fastpath import publish_frames
 from buslib._nats.headers import header_block
 from buslib._nats.protocol import hpub_frame
 from buslib.contracts.codec import encode
+from buslib.teaching.helpers import delete_streams
 
 STREAM = "BENCH"
 
@@ -110,10 +111,7 @@ def bus_messages(events: list[OrderPlaced]) -> list[tuple[bytes, dict[str, str]]
 
 
 async def fresh_stream(js) -> None:
-    try:
-        await js.delete_stream(STREAM)
-    except nats.js.errors.NotFoundError:
-        pass
+    await delete_streams(js, STREAM)  # not a bare delete: see delete_streams (old messages can come back)
     await js.add_stream(name=STREAM, subjects=["bench.>"], storage=StorageType.FILE, duplicate_window=120)
 
 
@@ -215,10 +213,7 @@ async def bus_publish_many_windowed(url: str, events: list[OrderPlaced]) -> floa
 
 async def _bus_publish_many(url: str, events: list[OrderPlaced], *, fast_ingest: bool) -> float:
     async with EventBus.connect(service="bench", url=url) as bus:
-        try:
-            await bus.js.delete_stream(STREAM)
-        except nats.js.errors.NotFoundError:
-            pass
+        await delete_streams(bus.js, STREAM)
         await bus.ensure_stream(OrderPlaced, name=STREAM, subjects=["bench.>"])  # allow_batched on 2.14+
         await bus.publish(OrderPlaced(order_id="warm-up", customer="x", amount=1, currency="EUR", items=1))
         start = time.perf_counter()

@@ -33,6 +33,7 @@ import bench_bus  # noqa: E402
 from bench_bus import STREAM, OrderPlaced, make_events  # noqa: E402
 
 from buslib import EmbeddedServer, EventBus  # noqa: E402
+from buslib.teaching.helpers import delete_streams  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -66,10 +67,7 @@ Measure = Callable[[], AbstractAsyncContextManager[dict[str, float]]]
 
 async def publish_many(url: str, events: list[OrderPlaced], measure: Measure) -> None:
     async with EventBus.connect(service="bench", url=url) as bus:
-        try:
-            await bus.js.delete_stream(STREAM)
-        except Exception:
-            pass
+        await delete_streams(bus.js, STREAM)
         await bus.ensure_stream(OrderPlaced, name=STREAM, subjects=["bench.>"])
         async with measure():
             await bus.publish_many(events)

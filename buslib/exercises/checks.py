@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from buslib.exercises.core import Check, Context, Fail, _short
 from buslib.subjects import subject_matches
+from buslib.teaching.helpers import delete_streams
 
 __all__ = ["StreamHas", "MessagesStored", "MessageAt", "ConsumerConfigIs", "subject_matches"]
 
@@ -305,16 +306,7 @@ class CallsStoreOnce(Check):
 __all__ += ["CallsStoreOnce"]
 
 
-async def delete_streams(js: Any, *names: str) -> None:
-    """Delete these streams if they exist (an exercise's setup starts from a clean slate)."""
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except NotFoundError:
-            pass
-
-
-__all__ += ["delete_streams"]
+__all__ += ["delete_streams"]  # an exercise's setup starts from a clean slate (buslib.teaching.helpers)
 
 
 def _type_name(annotation: Any) -> str:

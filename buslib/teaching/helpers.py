@@ -20,6 +20,7 @@ keeps the error so the next line can show the learner its message. Both helpers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections import Counter
@@ -27,11 +28,12 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.api import StorageType
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from buslib._nats.protocol import ErrorCode
 
-__all__ = ["expect_error", "stored_ids", "timed", "wait_for_stream", "wait_until"]
+__all__ = ["delete_streams", "expect_error", "stored_ids", "timed", "wait_for_stream", "wait_until"]
 
 
 class expect_error:  # noqa: N801 - used like a function: `with expect_error(X) as caught:`
@@ -222,3 +224,38 @@ async def wait_for_stream(js: Any, subject: str, *, timeout: float = 10.0) -> No
         raise RuntimeError(f"a stream named buslib-probe-not-a-stream stored the probe sent to {subject}")
 
     await wait_until(answered, timeout=timeout, what=f"a stream answering publishes to {subject}")
+
+
+async def delete_streams(js: Any, *names: str, attempts: int = 5) -> None:
+    """Delete these streams if they exist, so that a stream created again under a name starts empty.
+
+    nats-server removes a deleted stream's files in the background. If the same name is
+    deleted again before that ends (delete, create, delete within moments: a reset run twice,
+    a test, a benchmark), the second delete leaves the stream's folder behind, and the next
+    stream of that name recovers its old messages (seen on nats-server 2.15.1,
+    under load; ``tests/test_teaching_helpers.py`` shows it). So after each delete a probe
+    stream takes the name: if it holds anything, it was that folder, and it is deleted again.
+    The probe stores nothing, so whatever its own delete leaves behind is empty. On a cluster
+    the probe sits on one node, which may not be the one holding a folder left behind.
+
+    Raises:
+        RuntimeError: a stream of that name still came back with old contents after ``attempts``.
+    """
+    for name in names:
+        for attempt in range(attempts):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(name)
+            try:  # a subject nobody publishes to: the probe stores nothing of anyone's
+                probe = await js.add_stream(name=name, subjects=[f"_buslib.probe.{name}"], storage=StorageType.FILE)
+            except APIError:  # refused (e.g. the account's stream limit): nothing more can be checked
+                break
+            left_behind = probe.state.last_seq or probe.state.consumer_count
+            await js.delete_stream(name)
+            if not left_behind:
+                break
+            await asyncio.sleep(0.05 * 2**attempt)  # the earlier removal is still running: give it a moment
+        else:
+            raise RuntimeError(
+                f"Stream {name!r} kept coming back with old messages after {attempts} deletes: the server "
+                "could not remove its folder. Restart the server (or delete the folder) and try again."
+            )
