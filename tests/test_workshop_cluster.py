@@ -444,6 +444,24 @@ async def test_the_boards_reader_asks_again_while_progress_has_no_leader(tmp_pat
             await nc.close()
 
 
+async def test_progress_asking_for_more_copies_than_nodes_is_refused_at_once_not_asked_again(tmp_path):
+    """Only "peer offline" is asked again (a fresh cluster's moment, seen on 2.11); a refusal that will not change is raised."""
+    with EmbeddedCluster(store_root=tmp_path) as cluster:
+        nc = await raw_connect(cluster.url)
+        try:
+
+            def api_requests() -> int:
+                return sum(((node.jsz() or {}).get("api") or {}).get("total", 0) for node in cluster.nodes)
+
+            before = api_requests()
+            with pytest.raises(nats.js.errors.BadRequestError, match="no suitable peers") as refused:
+                await ensure_progress_stream(nc.jetstream(timeout=10), replicas=5)
+            assert "offline" not in str(refused.value.description)
+            assert api_requests() - before == 1  # one create, not asked again
+        finally:
+            await nc.close()
+
+
 def test_serve_cluster_runs_the_room_on_three_nodes_and_stops_them(tmp_path, capsys):
     folder = tmp_path / "room"
     ports = room_ports(3)

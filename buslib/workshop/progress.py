@@ -30,7 +30,7 @@ import nats.js.errors
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from buslib._nats.info import connection_account
-from buslib._nats.protocol import API_PREFIX
+from buslib._nats.protocol import API_PREFIX, ErrorCode
 from buslib.connection import INSTRUCTOR_ACCOUNT, connect, is_workshop_server, redact
 from buslib.errors import WorkshopError
 from buslib.workshop.config import PROGRESS_PREFIX, PROGRESS_STREAM
@@ -150,18 +150,27 @@ async def ensure_progress_stream(js: Any, *, replicas: int | None = None) -> Non
         except nats.js.errors.NotFoundError:
             replicas = 1
     config = progress_stream_config(replicas=replicas)
-    for attempt in (1, 2, 3):  # a fresh cluster's first R3 stream waits for elections: seen > 5 s on 2.11
+    timeouts, refusals = 0, 0
+    while True:  # asking again is safe: the same config is accepted
         try:
             try:
                 await js.add_stream(config)
             except nats.js.errors.BadRequestError as err:
-                if err.err_code != 10058:  # exists with another configuration
+                if err.err_code != ErrorCode.STREAM_NAME_IN_USE:  # exists with another configuration
                     raise
                 await js.update_stream(config)
             return
-        except nats.errors.TimeoutError:  # asking again is safe: the same config is accepted
-            if attempt == 3:
+        except nats.errors.TimeoutError:  # a fresh cluster's first R3 stream waits for elections: seen > 5 s on 2.11
+            timeouts += 1
+            if timeouts == 3:
                 raise
+        except nats.js.errors.BadRequestError as err:
+            # A fresh cluster's meta leader may count a running node offline for a moment (2.11, under
+            # load, even after the cluster was ready): "no suitable peers for placement, peer offline".
+            refusals += 1
+            if err.err_code != ErrorCode.NO_SUITABLE_PEERS or "offline" not in str(err.description) or refusals == 20:
+                raise  # anything else, e.g. more copies than nodes, is not going to change
+            await asyncio.sleep(0.5)
 
 
 class ProgressReader:
