@@ -56,45 +56,37 @@ def _finish_removal_once_deleted(server: EmbeddedServer, pending: Path) -> threa
     return thread
 
 
-async def test_a_bare_delete_during_the_servers_removal_brings_old_messages_back(server):
+@pytest.fixture
+async def js(server):
+    """A stream named SLATE with 5 old messages and a consumer, on the test's own server."""
+    nc = await nats.connect(server.url)
+    js = nc.jetstream(timeout=10)
+    await _stream_with_old_messages(js)
+    yield js
+    await nc.close()
+
+
+async def test_a_bare_delete_during_the_servers_removal_brings_old_messages_back(server, js):
     """Why delete_streams exists: the server's behaviour it works around."""
-    nc = await nats.connect(server.url)
-    try:
-        js = nc.jetstream(timeout=10)
-        await _stream_with_old_messages(js)
-        _removal_still_running(server)
-        await js.delete_stream(NAME)  # answered as deleted...
-        assert (_folder(server) / "msgs").is_dir()  # ...but its messages stayed on disk
-        info = await js.add_stream(name=NAME, subjects=["slate.>"])
-        assert (info.state.messages, info.state.last_seq) == (5, 5)  # a "new" stream, with the old messages
-    finally:
-        await nc.close()
+    _removal_still_running(server)
+    await js.delete_stream(NAME)  # answered as deleted...
+    assert (_folder(server) / "msgs").is_dir()  # ...but its messages stayed on disk
+    info = await js.add_stream(name=NAME, subjects=["slate.>"])
+    assert (info.state.messages, info.state.last_seq) == (5, 5)  # a "new" stream, with the old messages
 
 
-async def test_delete_streams_leaves_the_name_free_for_an_empty_stream(server):
-    nc = await nats.connect(server.url)
-    try:
-        js = nc.jetstream(timeout=10)
-        await _stream_with_old_messages(js)
-        removal = _finish_removal_once_deleted(server, _removal_still_running(server))
-        await delete_streams(js, NAME)
-        removal.join(timeout=15)
-        info = await js.add_stream(name=NAME, subjects=["slate.>"])
-        assert (info.state.messages, info.state.last_seq, info.state.consumer_count) == (0, 0, 0)
-        assert [s.config.name for s in await js.streams_info()] == [NAME]  # no probe left behind
-        await delete_streams(js, NAME, "NEVER_MADE")  # a name that does not exist is fine
-        assert await js.streams_info() == []
-    finally:
-        await nc.close()
+async def test_delete_streams_leaves_the_name_free_for_an_empty_stream(server, js):
+    removal = _finish_removal_once_deleted(server, _removal_still_running(server))
+    await delete_streams(js, NAME)
+    removal.join(timeout=15)
+    info = await js.add_stream(name=NAME, subjects=["slate.>"])
+    assert (info.state.messages, info.state.last_seq, info.state.consumer_count) == (0, 0, 0)
+    assert [s.config.name for s in await js.streams_info()] == [NAME]  # no probe left behind
+    await delete_streams(js, NAME, "NEVER_MADE")  # a name that does not exist is fine
+    assert await js.streams_info() == []
 
 
-async def test_delete_streams_says_so_when_the_old_stream_keeps_coming_back(server):
-    nc = await nats.connect(server.url)
-    try:
-        js = nc.jetstream(timeout=10)
-        await _stream_with_old_messages(js)
-        _removal_still_running(server)  # and never ends
-        with pytest.raises(RuntimeError, match="kept coming back with old messages after 3 deletes"):
-            await delete_streams(js, NAME, attempts=3)
-    finally:
-        await nc.close()
+async def test_delete_streams_says_so_when_the_old_stream_keeps_coming_back(server, js):
+    _removal_still_running(server)  # and never ends
+    with pytest.raises(RuntimeError, match="kept coming back with old messages after 3 deletes"):
+        await delete_streams(js, NAME, attempts=3)
