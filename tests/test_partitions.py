@@ -211,19 +211,37 @@ async def test_a_dead_lettered_event_leaves_a_gap_and_its_lane_moves_on(bus, Key
 
 
 async def test_stopping_an_instance_mid_backlog_lets_another_continue_at_once(bus, Keyed):
-    """The server drops a pull request whose inbox is gone, so a stopped lane does not wait for ack_wait."""
-    await bus.ensure_stream(Keyed)
+    """The server drops a pull request whose inbox is gone, so a stopped lane does not wait for ack_wait.
+
+    The first instance is stopped while its handler still holds event 2: one message in flight
+    per lane, so nothing else can be on its way to it. A message the server had already sent
+    when the unsubscribe arrived would be lost in transit and come back only after ack_wait
+    (JetStream cannot cancel a pull request); holding event 2 keeps this test out of that race.
+    """
+    stream = (await bus.ensure_stream(Keyed)).config.name
     await publish_interleaved(bus, Keyed, keys=["C-1"], per_key=10)
     handled = defaultdict(list)
-    third = asyncio.Event()
+    third, release = asyncio.Event(), asyncio.Event()
 
     async def hold(event):
         if event.n == 2:
             third.set()
+            await release.wait()
 
     first = await bus.subscribe(Keyed, group="billing", handler=recorder(handled, hold=hold), ordered=True, ack_wait=60)
     await asyncio.wait_for(third.wait(), 15)
-    await first.stop()
+
+    async def pull_requests_waiting():  # the server's count drops requests whose inbox is gone
+        return (await bus.js.consumer_info(stream, first.durables[0])).num_waiting
+
+    async def none_waiting():
+        return await pull_requests_waiting() == 0
+
+    assert await pull_requests_waiting() >= 1  # the first instance's pull request waits for event 3
+    stopping = asyncio.create_task(first.stop())
+    await wait_until(none_waiting, what="the server dropped the stopped instance's pull request")
+    release.set()  # event 2 is acked after the server dropped the first instance's pull request
+    await stopping
     second = await bus.subscribe(Keyed, group="billing", handler=recorder(handled), ordered=True, ack_wait=60)
     await wait_until(lambda: len(handled["C-1"]) == 10)  # well within ack_wait=60
     await second.stop()

@@ -162,6 +162,11 @@ class Subscription:
         Called from inside a handler, it returns at once and stops in the background once
         that handler has returned.
 
+        The server drops this instance's pull requests once its inbox is gone, so the rest of
+        the group takes over at once. JetStream cannot cancel a pull request, though: a message
+        the server had already sent when the unsubscribe arrived is lost in transit and comes
+        back to the group after ``ack_wait``, like any message that is never acked.
+
         Args:
             timeout: seconds to wait for handlers; after that they are cancelled and their
                 messages are redelivered after ``ack_wait``. ``None`` waits forever.
