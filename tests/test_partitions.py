@@ -239,7 +239,7 @@ async def test_stopping_an_instance_mid_backlog_lets_another_continue_at_once(bu
 
     assert await pull_requests_waiting() >= 1  # the first instance's pull request waits for event 3
     stopping = asyncio.create_task(first.stop())
-    await wait_until(none_waiting, what="the server dropped the stopped instance's pull request")
+    await wait_until(none_waiting, what="the server to drop the stopped instance's pull request")
     release.set()  # event 2 is acked after the server dropped the first instance's pull request
     await stopping
     second = await bus.subscribe(Keyed, group="billing", handler=recorder(handled), ordered=True, ack_wait=60)
