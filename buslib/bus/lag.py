@@ -20,6 +20,11 @@ older than the stream's first sequence that the group never acknowledged.
 
 The HTTP monitoring endpoint ``/jsz?consumers=true`` has the same numbers for every
 consumer of every stream in one call (lesson 07 compares the two).
+
+The counts trail by a moment: the server acknowledges a publish before it tells the
+stream's consumers about it, and it applies acks in the background too (nats-server's
+``signalConsumersLoop`` and ``processInboundAcks``). A read right after a publish or an
+ack may not count it yet; to assert on a count, wait until it arrives (``wait_until``).
 """
 
 from __future__ import annotations
