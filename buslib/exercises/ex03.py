@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ __all__ = [
 
 STREAM = "EX03"
 JOBS = 30
+SETTLE_S = 2.0  # how long a check gives the server to apply the last acks
 
 
 class PackingJob(Event, type="ex03.packing.requested", version=1):
@@ -173,6 +176,12 @@ class GroupConsumed(Check):
                 f"There is no consumer for group {self.group!r} on {self.subject} (durable {durable}). "
                 f"Subscribe with group={self.group!r}."
             ) from None
+        # The server applies acks (and counts new messages) a moment after they arrive: a group
+        # stopped right after its last handler returned may still show that ack for that moment.
+        deadline = time.monotonic() + SETTLE_S
+        while (info.num_pending or info.num_ack_pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            info = await js.consumer_info(self.stream, durable)
         acked = info.ack_floor.stream_seq if info.ack_floor else 0
         if info.num_pending or info.num_ack_pending:
             raise Fail(
