@@ -195,7 +195,7 @@ class Settlement:
             type_name, version = headers.get("ce-type"), headers.get(codec.VERSION_HEADER, "1")
             if not type_name:
                 raise DecodeError("The message has no ce-type header, so its event type is unknown.")
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit()):  # "²" is a digit to isdigit(), not to int()
                 raise DecodeError(f"The {codec.VERSION_HEADER} header {version!r} is not a whole number.")
             target = lookup_event_type(type_name, int(version))
         return codec.decode(data, headers, target, strict=self.strict)

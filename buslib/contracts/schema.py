@@ -43,7 +43,7 @@ def parse_dataschema(uri: str) -> tuple[str, int]:
         ContractError: the URI is not a buslib schema URN.
     """
     name, _, version = uri.removeprefix(_URN_PREFIX).rpartition(":")
-    if not uri.startswith(_URN_PREFIX) or not name or not version.isdigit():
+    if not uri.startswith(_URN_PREFIX) or not name or not (version.isascii() and version.isdigit()):
         raise ContractError(
             f"{uri!r} is not a buslib schema URN. Expected the form 'urn:buslib:schema:orders.created:1'."
         )
