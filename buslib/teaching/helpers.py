@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+import nats.errors
 from nats.js.api import StorageType
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
@@ -226,6 +227,25 @@ async def wait_for_stream(js: Any, subject: str, *, timeout: float = 10.0) -> No
     await wait_until(answered, timeout=timeout, what=f"a stream answering publishes to {subject}")
 
 
+async def _delete_if_there(js: Any, name: str) -> None:
+    with contextlib.suppress(NotFoundError):
+        await js.delete_stream(name)
+
+
+async def _answered(request: Callable[..., Awaitable[Any]], *args: Any, tries: int = 3, **kwargs: Any) -> Any:
+    """Send a stream create or delete again if it goes unanswered (both are safe to repeat).
+
+    On a loaded cluster the meta leader can be changing for a moment, and a request that
+    arrives then gets no answer (seen in a workshop room's exercise reset).
+    """
+    for tried in range(1, tries + 1):
+        try:
+            return await request(*args, **kwargs)
+        except nats.errors.TimeoutError:
+            if tried == tries:
+                raise
+
+
 async def delete_streams(js: Any, *names: str, attempts: int = 5) -> None:
     """Delete these streams if they exist, so that a stream created again under a name starts empty.
 
@@ -243,14 +263,15 @@ async def delete_streams(js: Any, *names: str, attempts: int = 5) -> None:
     """
     for name in names:
         for attempt in range(attempts):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(name)
+            await _answered(_delete_if_there, js, name)
             try:  # a subject nobody publishes to: the probe stores nothing of anyone's
-                probe = await js.add_stream(name=name, subjects=[f"_buslib.probe.{name}"], storage=StorageType.FILE)
+                probe = await _answered(
+                    js.add_stream, name=name, subjects=[f"_buslib.probe.{name}"], storage=StorageType.FILE
+                )
             except APIError:  # refused (e.g. the account's stream limit): nothing more can be checked
                 break
             left_behind = probe.state.last_seq or probe.state.consumer_count
-            await js.delete_stream(name)
+            await _answered(_delete_if_there, js, name)
             if not left_behind:
                 break
             await asyncio.sleep(0.05 * 2**attempt)  # the earlier removal is still running: give it a moment
