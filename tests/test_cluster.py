@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from _bus_helpers import wait_until
 
@@ -92,6 +93,25 @@ async def test_a_crashed_leader_is_replaced_and_comes_back_on_its_ports_caught_u
         await wait_until(lambda: cluster.stored("CRASH") == every_copy, what="the restarted node caught up")
         assert await cluster.move_leader("CRASH", old, timeout=30) == old  # and it can lead again
         assert [h[1:] for h in cluster.history] == [("crash", old), ("restart", old)]
+
+
+async def test_once_the_survivors_notice_a_crash_a_stream_only_it_held_answers_no_responders():
+    async with EmbeddedCluster() as cluster, EventBus.connect(service="t", url=cluster.urls) as bus:
+        await bus.ensure_stream("solo.noted", replicas=1)
+        holder = await cluster.wait_for_leader("SOLO")  # R1: its only copy
+        survivors = [name for name in cluster.names if name != holder]
+        assert sorted(cluster.routing_to(holder)) == survivors  # every other node routes to it
+        cluster.crash(holder)
+        await cluster.wait_until_noticed(holder)
+        assert cluster.routing_to(holder) == []
+        nc = await nats.connect(servers=[cluster.node(name).url for name in survivors])
+        try:
+            with pytest.raises(nats.js.errors.NoStreamResponseError):  # no answer at all would be a TimeoutError
+                await nc.jetstream().publish("solo.noted", b"x", timeout=20)
+        finally:
+            await nc.close()
+        with pytest.raises(ServerError, match="still route to"):  # a running node is never "noticed" gone
+            await cluster.wait_until_noticed(survivors[0], timeout=0.2)
 
 
 async def test_a_graceful_stop_hands_the_leadership_over_and_move_leader_places_it():

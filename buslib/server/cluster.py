@@ -258,6 +258,40 @@ class EmbeddedCluster:
             self.wait_ready(timeout)
         return node.name
 
+    def routing_to(self, ref: NodeRef) -> list[str]:
+        """The other running nodes that still have a route to node ``ref`` (or whose view is unknown).
+
+        After a crash the survivors keep their routes to the dead node until they notice it is gone
+        (usually within milliseconds: its sockets close with it).
+        """
+        name = self.node(ref).name
+        still = []
+        for node in self._up():
+            if node.name == name:
+                continue
+            status, body = node.monitor("/routez")
+            routes = ((body or {}).get("routes") or []) if status == 200 else None
+            if routes is None or any(route.get("remote_name") == name for route in routes):
+                still.append(node.name)
+        return still
+
+    async def wait_until_noticed(self, ref: NodeRef, timeout: float = 10.0) -> None:
+        """Wait until every other running node has dropped its routes to the crashed or stopped node ``ref``.
+
+        Until then a request can still be sent toward the dead node and go unanswered; after, a
+        publish to a stream only it held gets "no responders" at once.
+
+        Raises:
+            ServerError: some node still routes to it after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while still := await asyncio.to_thread(self.routing_to, ref):
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"After {timeout:g} s, node(s) {', '.join(still)} still route to {self.node(ref).name}."
+                )
+            await asyncio.sleep(POLL)
+
     # -- who leads ------------------------------------------------------------------------
     def meta_leader(self) -> str | None:
         """The JetStream meta leader most running nodes report, or None."""
