@@ -306,6 +306,29 @@ def test_decode_errors_for_wrong_type_bad_json_bad_version():
         decode(b'{"parcel_id": "P"}', None, ShipV1)
 
 
+@pytest.mark.parametrize(
+    ("headers", "payload"),
+    [
+        ({"Bus-Event-Version": " 2"}, b"{}"),  # int() would strip the space
+        ({"Bus-Event-Version": "+2"}, b"{}"),
+        ({"Bus-Event-Version": "\u0662"}, b"{}"),  # Arabic-Indic two: int() takes it
+        ({"Bus-Event-Version": "\u00b2"}, b"{}"),  # superscript two: isdigit() takes it, int() does not
+        (None, b'{"version": true}'),  # int(True) == 1
+        (None, b'{"version": 2.5}'),
+        (None, b'{"version": -1}'),
+        ({"Bus-Event-Version": "1" * 5000}, b"{}"),  # more digits than int() converts
+    ],
+    ids=["space", "plus", "arabic-indic", "superscript", "json-true", "json-float", "negative", "5000-digits"],
+)
+def test_a_version_is_ascii_digits_or_a_json_integer_and_nothing_else(headers, payload):
+    with pytest.raises(DecodeError, match="is not a whole number"):
+        message_version(payload, headers)
+    assert message_version(b'{"version": 2}', None) == (None, 2)
+    assert message_version(b"{}", {"Bus-Event-Version": "2"}) == (None, 2)
+    with pytest.raises(ContractError, match="not a buslib schema URN"):
+        parse_dataschema("urn:buslib:schema:tcontracts.parcel.shipped:\u0662")
+
+
 def test_decode_into_event_uses_the_contract_the_headers_name():
     (out,) = encode(ShipV3(parcel_id="P", grams=5, carrier="ups"), source="x")
     assert isinstance(decode(out.data, out.headers, Event), ShipV3)

@@ -36,6 +36,7 @@ from nats.aio.msg import Msg
 from buslib import tracing
 from buslib._nats.protocol import MSG_ID, delivery_info
 from buslib.contracts import codec
+from buslib.contracts.schema import version_number
 from buslib.errors import DecodeError
 from buslib.events import Event, lookup_event_type
 from buslib.retry import DeadLetterSink, Failure, FailureKind, Reject, Retry
@@ -195,9 +196,10 @@ class Settlement:
             type_name, version = headers.get("ce-type"), headers.get(codec.VERSION_HEADER, "1")
             if not type_name:
                 raise DecodeError("The message has no ce-type header, so its event type is unknown.")
-            if not (version.isascii() and version.isdigit()):  # "²" is a digit to isdigit(), not to int()
+            number = version_number(version)
+            if number is None:
                 raise DecodeError(f"The {codec.VERSION_HEADER} header {version!r} is not a whole number.")
-            target = lookup_event_type(type_name, int(version))
+            target = lookup_event_type(type_name, number)
         return codec.decode(data, headers, target, strict=self.strict)
 
     async def process(self, msg: Msg, task: asyncio.Task[Any] | None = None, *, received: float | None = None) -> None:

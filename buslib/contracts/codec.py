@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from buslib._nats.protocol import MSG_ID
-from buslib.contracts.schema import dataschema
+from buslib.contracts.schema import dataschema, version_number
 from buslib.contracts.versions import convert, downcast_targets, versions_of
 from buslib.errors import ContractError, DecodeError
 from buslib.events import Event
@@ -188,13 +188,13 @@ def message_version(data: bytes, headers: Mapping[str, str] | None) -> tuple[str
         raw = payload.get("version") if isinstance(payload, dict) else None
         if raw is None:
             return event_type, None
-    try:
-        return event_type, int(raw)
-    except (TypeError, ValueError):
+    version = version_number(raw)
+    if version is None:
         raise DecodeError(
             f"The message's version {raw!r} is not a whole number (from the {VERSION_HEADER} header or the "
             "payload's 'version' field). It cannot be matched to a contract."
-        ) from None
+        )
+    return event_type, version
 
 
 def _validate(data: bytes, target: type[Event], strict: bool) -> Event:

@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
 from buslib.contracts.compat import Compatibility, check, parse_mode
-from buslib.contracts.schema import canonical_json, json_schema, parse_dataschema
+from buslib.contracts.schema import canonical_json, json_schema, parse_dataschema, version_number
 from buslib.contracts.versions import require_contract
 from buslib.errors import ContractError, IncompatibleContractError
 
@@ -211,10 +211,11 @@ class SchemaRegistry:
             ContractError: the headers do not name a contract, or it is not registered.
         """
         lowered = {key.lower(): value for key, value in (headers or {}).items()}
+        version = version_number(lowered.get("bus-event-version"))
         if "ce-dataschema" in lowered:
             event_type, version = parse_dataschema(lowered["ce-dataschema"])
-        elif "ce-type" in lowered and lowered.get("bus-event-version", "").isdigit():
-            event_type, version = lowered["ce-type"], int(lowered["bus-event-version"])
+        elif "ce-type" in lowered and version is not None:
+            event_type = lowered["ce-type"]
         else:
             raise ContractError(
                 "The message names no schema: it has neither a ce-dataschema header nor ce-type + Bus-Event-Version. "

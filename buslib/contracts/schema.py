@@ -20,7 +20,7 @@ from buslib.contracts.versions import require_contract
 from buslib.errors import ContractError
 from buslib.events import Event
 
-__all__ = ["SCHEMA_DIALECT", "canonical_json", "dataschema", "json_schema", "parse_dataschema"]
+__all__ = ["SCHEMA_DIALECT", "canonical_json", "dataschema", "json_schema", "parse_dataschema", "version_number"]
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _URN_PREFIX = "urn:buslib:schema:"
@@ -36,18 +36,36 @@ def dataschema(contract: type[Event]) -> str:
     return f"{_URN_PREFIX}{cls.event_type}:{cls.event_version}"
 
 
+def version_number(raw: object) -> int | None:
+    """A major version as a header, URN or payload field gives it; None if it is not a whole number.
+
+    A header or URN gives ASCII digits (``"2"``), a payload a JSON integer (``2``); nothing
+    else is read as a version: not ``" 2"``, ``"+2"``, ``"²"``, ``"٢"``, ``2.5`` or ``true``,
+    which Python's ``int()`` or ``str.isdigit()`` would take. Any language can write it the same way.
+    """
+    if isinstance(raw, str):
+        if not (raw.isascii() and raw.isdigit()):
+            return None
+        try:
+            return int(raw)
+        except ValueError:  # more digits than int() converts (4,300): no contract has such a version
+            return None
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
+
+
 def parse_dataschema(uri: str) -> tuple[str, int]:
     """Split a ``ce-dataschema`` URN into (type name, major version).
 
     Raises:
         ContractError: the URI is not a buslib schema URN.
     """
-    name, _, version = uri.removeprefix(_URN_PREFIX).rpartition(":")
-    if not uri.startswith(_URN_PREFIX) or not name or not (version.isascii() and version.isdigit()):
+    name, _, text = uri.removeprefix(_URN_PREFIX).rpartition(":")
+    version = version_number(text)
+    if not uri.startswith(_URN_PREFIX) or not name or version is None:
         raise ContractError(
             f"{uri!r} is not a buslib schema URN. Expected the form 'urn:buslib:schema:orders.created:1'."
         )
-    return name, int(version)
+    return name, version
 
 
 def json_schema(contract: type[Event]) -> dict[str, Any]:
