@@ -259,21 +259,9 @@ class EmbeddedCluster:
         return node.name
 
     def routing_to(self, ref: NodeRef) -> list[str]:
-        """The other running nodes that still have a route to node ``ref`` (or whose view is unknown).
-
-        After a crash the survivors keep their routes to the dead node until they notice it is gone
-        (usually within milliseconds: its sockets close with it).
-        """
+        """The other running nodes that still route to node ``ref``, or do not say (after a crash: until they notice)."""
         name = self.node(ref).name
-        still = []
-        for node in self._up():
-            if node.name == name:
-                continue
-            status, body = node.monitor("/routez")
-            routes = ((body or {}).get("routes") or []) if status == 200 else None
-            if routes is None or any(route.get("remote_name") == name for route in routes):
-                still.append(node.name)
-        return still
+        return [n.name for n in self._up() if n.name != name and ((peers := n.route_peers()) is None or name in peers)]
 
     async def wait_until_noticed(self, ref: NodeRef, timeout: float = 10.0) -> None:
         """Wait until every other running node has dropped its routes to the crashed or stopped node ``ref``.
@@ -287,9 +275,7 @@ class EmbeddedCluster:
         deadline = time.monotonic() + timeout
         while still := await asyncio.to_thread(self.routing_to, ref):
             if time.monotonic() > deadline:
-                raise ServerError(
-                    f"After {timeout:g} s, node(s) {', '.join(still)} still route to {self.node(ref).name}."
-                )
+                raise ServerError(f"After {timeout:g} s, {', '.join(still)} still route to {self.node(ref).name}.")
             await asyncio.sleep(POLL)
 
     # -- who leads ------------------------------------------------------------------------

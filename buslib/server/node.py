@@ -122,6 +122,16 @@ class ClusterNode(EmbeddedServer):
             detail = next((c for c in detail.get("consumer_detail") or [] if c.get("name") == consumer), {})
         return bool((detail.get("cluster") or {}).get("leader") == self.name)
 
+    def route_peers(self) -> set[str] | None:
+        """The names of the nodes this node has a route to (``/routez``), or None when it does not answer.
+
+        After a node crashes, the others keep their routes to it until they notice (its sockets close with it).
+        """
+        status, body = self.monitor("/routez")
+        if status != 200 or not isinstance(body, dict):
+            return None
+        return {route.get("remote_name") for route in body.get("routes") or []} - {None}
+
     def healthy(self) -> bool:
         """``/healthz`` says 200: it knows the meta leader and everything it holds is current."""
         return self.monitor("/healthz")[0] == 200
