@@ -323,6 +323,9 @@ def test_decode_errors_for_wrong_type_bad_json_bad_version():
 def test_a_version_is_ascii_digits_or_a_json_integer_and_nothing_else(headers, payload):
     with pytest.raises(DecodeError, match="is not a whole number"):
         message_version(payload, headers)
+
+
+def test_one_version_rule_reads_a_header_a_payload_and_a_urn():
     assert message_version(b'{"version": 2}', None) == (None, 2)
     assert message_version(b"{}", {"Bus-Event-Version": "2"}) == (None, 2)
     with pytest.raises(ContractError, match="not a buslib schema URN"):

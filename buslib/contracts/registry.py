@@ -211,11 +211,10 @@ class SchemaRegistry:
             ContractError: the headers do not name a contract, or it is not registered.
         """
         lowered = {key.lower(): value for key, value in (headers or {}).items()}
-        version = version_number(lowered.get("bus-event-version"))
         if "ce-dataschema" in lowered:
             event_type, version = parse_dataschema(lowered["ce-dataschema"])
-        elif "ce-type" in lowered and version is not None:
-            event_type = lowered["ce-type"]
+        elif "ce-type" in lowered and (by_header := version_number(lowered.get("bus-event-version"))) is not None:
+            event_type, version = lowered["ce-type"], by_header
         else:
             raise ContractError(
                 "The message names no schema: it has neither a ce-dataschema header nor ce-type + Bus-Event-Version. "
